@@ -1,0 +1,140 @@
+"""Populations of models as stacked tensors: the one shared representation.
+
+A *population* is M models of one architecture. Its trainable parameters are held as
+``params[name] -> Tensor[M, *shape]`` and its float buffers (BatchNorm running stats) as
+``buffers[name] -> Tensor[M, *shape]``. The published flat weight vector of a model is every
+floating-point ``state_dict`` entry, in ``state_dict`` order, each flattened C-order; the
+``Layout`` says where each tensor lives in it. Generators, metrics and datasets all use the
+helpers here, so there is one flat <-> state_dict convention in the code base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One state_dict tensor inside the flat vector: ``flat[start:end].view(shape)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+    trainable: bool
+    layer: str  # owning module path, e.g. "net.0"
+    role: str  # last name component: weight, bias, running_mean, ...
+    layer_type: str  # class name of the owning module, e.g. "Linear"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each floating-point state_dict tensor lives in a model's flat vector."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    @property
+    def size(self) -> int:
+        return self.tensors[-1].end if self.tensors else 0
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.end - t.start for t in self.tensors if t.trainable)
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+
+def layout_of(model: nn.Module) -> Layout:
+    """The flat layout of ``model``: float state_dict entries in state_dict order."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    modules = dict(model.named_modules())
+    specs, offset = [], 0
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue  # e.g. BatchNorm num_batches_tracked: a step counter, not a weight
+        layer, _, role = name.rpartition(".")
+        size = tensor.numel()
+        specs.append(
+            TensorSpec(
+                name=name,
+                shape=tuple(tensor.shape),
+                start=offset,
+                end=offset + size,
+                trainable=name in trainable,
+                layer=layer,
+                role=role,
+                layer_type=type(modules.get(layer, model)).__name__,
+            )
+        )
+        offset += size
+    return Layout(tuple(specs))
+
+
+def stack_states(models: list[nn.Module]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Stack the parameters and float buffers of same-architecture models along dim 0."""
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+              for n, _ in models[0].named_parameters()}
+    buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in models])
+               for n, b in models[0].named_buffers() if b.is_floating_point()}
+    return params, buffers
+
+
+def to_flat(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
+    """[M, P] flat vectors (state_dict order) from stacked params and buffers."""
+    state = {**params, **buffers}
+    m = next(iter(state.values())).shape[0]
+    return torch.cat([state[t.name].reshape(m, -1) for t in layout.tensors], dim=1)
+
+
+def from_flat(flat: torch.Tensor, layout: Layout) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Stacked params and buffers (views into ``flat`` [M, P]) from flat vectors."""
+    m = flat.shape[0]
+    params, buffers = {}, {}
+    for t in layout.tensors:
+        view = flat[:, t.start:t.end].view(m, *t.shape)
+        (params if t.trainable else buffers)[t.name] = view
+    return params, buffers
+
+
+def load_flat(model: nn.Module, flat: torch.Tensor, layout: Layout | None = None) -> nn.Module:
+    """Copy one model's flat vector [P] into ``model`` in place and return it."""
+    layout = layout or layout_of(model)
+    if flat.numel() != layout.size:
+        raise ValueError(f"flat vector has {flat.numel()} values, layout needs {layout.size}")
+    state = model.state_dict()
+    flat = torch.as_tensor(flat).reshape(-1)
+    for t in layout.tensors:
+        state[t.name] = flat[t.start:t.end].view(t.shape).to(state[t.name].dtype).clone()
+    model.load_state_dict(state)
+    return model
+
+
+def population_forward(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    shared_input: bool = True,
+) -> torch.Tensor:
+    """Outputs [M, B, ...] of M stacked models on x ([B, ...] shared, or [M, B, ...]).
+
+    Uses ``model``'s current train/eval mode; in train mode BatchNorm updates the stacked
+    running stats in ``buffers`` in place, per model.
+    """
+
+    def one(p, b, xb):
+        return functional_call(model, (p, b), (xb,))
+
+    return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)

@@ -1,0 +1,293 @@
+"""The vectorized population trainer: M models of one architecture trained as stacked tensors.
+
+All trainable parameters live in one flat buffer ``theta`` [M, P] (state_dict order); each step
+takes views of it, runs one batched forward for all models, one backward of the summed per-model
+losses (the models share no parameters, so each gets exactly its own gradient) and one fused
+optimizer update on [M, P] with per-model lr / momentum / weight decay as [M, 1] tensors.
+Every random stream (init, label noise, data subset, batch order) comes from the model's own
+seed, so a model trains to the same weights whichever population it is in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..functional import Layout, from_flat, layout_of, population_forward, stack_states, to_flat
+from .tasks import TaskData
+
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
+
+
+@dataclass
+class Member:
+    """One model of a population: its seed and its per-model hyperparameters."""
+
+    model_id: str
+    seed: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_noise: float = 0.0
+    train_fraction: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """What all members of a population share."""
+
+    steps: int
+    batch_size: int
+    checkpoint_steps: list[int]
+    optimizer: str = "sgd"
+    schedule: str = "constant"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eval_chunk: int = 2048
+
+
+@dataclass
+class PopulationResult:
+    model_ids: list[str]
+    layout: Layout
+    checkpoint_steps: list[int]
+    weights: np.ndarray  # [K, M, P] float32 flat state_dict vectors per checkpoint
+    metrics: dict[str, np.ndarray]  # name -> [K, M]: train/test loss/acc per checkpoint
+    status: list[str]  # ok | diverged, per model
+    diverged_step: np.ndarray  # [M] first step with a non-finite loss, -1 if none
+    wall_time_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def seed_stream(seed: int, stream: int) -> torch.Generator:
+    """A generator for one named random stream of one model."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream) % (2**63 - 1))
+
+
+INIT, NOISE, SUBSET, ORDER = range(4)
+
+
+def init_models(build: Callable[[], nn.Module], seeds: list[int]) -> list[nn.Module]:
+    """Build one model per seed, each initialised from its own stream (global RNG restored)."""
+    models = []
+    with torch.random.fork_rng(devices=[]):
+        for s in seeds:
+            torch.manual_seed(seed_stream(s, INIT).initial_seed())
+            models.append(build())
+    return models
+
+
+def member_data(member: Member, y: torch.Tensor, n_classes: int, steps: int, batch: int):
+    """(labels [N], subset mask [N], batch indices [steps, batch]) of one model, from its seed.
+
+    Label noise replaces a fraction of labels by a different random class; the subset is the
+    load axis (fraction of training data seen); batches walk epoch permutations of the subset.
+    """
+    n = y.shape[0]
+    labels = y.clone()
+    if member.label_noise > 0:
+        g = seed_stream(member.seed, NOISE)
+        flip = torch.randperm(n, generator=g)[: round(member.label_noise * n)]
+        shift = torch.randint(1, n_classes, (flip.numel(),), generator=g)
+        labels[flip] = (labels[flip] + shift) % n_classes
+    g = seed_stream(member.seed, SUBSET)
+    subset = torch.randperm(n, generator=g)[: max(batch, round(member.train_fraction * n))]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[subset] = True
+    g = seed_stream(member.seed, ORDER)
+    epochs = math.ceil(steps * batch / subset.numel())
+    order = torch.cat([subset[torch.randperm(subset.numel(), generator=g)] for _ in range(epochs)])
+    return labels, mask, order[: steps * batch].view(steps, batch)
+
+
+def _is_plain_sequential(model: nn.Module) -> bool:
+    return isinstance(model, nn.Sequential) and all(
+        isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE)) for m in model)
+
+
+def make_forward(model: nn.Module):
+    """forward(params, buffers, x [M, B, ...]) -> outputs [M, B, ...] for a population.
+
+    Plain Linear/activation stacks use explicit batched matmuls (baddbmm), the fast path;
+    any other module goes through ``vmap(functional_call)``. Both give the same numbers.
+    """
+    if not _is_plain_sequential(model):
+        return lambda p, b, x: population_forward(model, p, b, x, shared_input=False)
+
+    steps = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Linear):
+            steps.append(("linear", f"{name}.weight", f"{name}.bias" if m.bias is not None else None))
+        elif isinstance(m, nn.Flatten):
+            steps.append(("flatten", None, None))
+        else:
+            steps.append(("act", m, None))
+
+    def forward(p, b, x):
+        h = x
+        for kind, a, bias in steps:
+            if kind == "linear":
+                w = p[a].transpose(1, 2)
+                h = torch.baddbmm(p[bias].unsqueeze(1), h, w) if bias else torch.bmm(h, w)
+            elif kind == "flatten":
+                h = h.flatten(2)
+            else:
+                h = a(h)
+        return h
+
+    return forward
+
+
+def cross_entropy_per_model(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[M, B, C] logits, [M, B] labels -> [M, B] losses."""
+    m, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(m * b, c), y.reshape(m * b), reduction="none").view(m, b)
+
+
+@torch.no_grad()
+def evaluate(forward, model: nn.Module, params, buffers, x: torch.Tensor, y: torch.Tensor,
+             weight: torch.Tensor | None = None, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy per model ([M] each) on shared data x [N, ...], y [M, N] or [N].
+
+    ``weight`` [M, N] restricts each model to its own samples (its training subset).
+    """
+    was_training = model.training
+    model.eval()
+    m = next(iter(params.values())).shape[0]
+    y = y.expand(m, -1) if y.dim() == 1 else y
+    losses, correct = [], []
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s:s + chunk].unsqueeze(0).expand(m, *x[s:s + chunk].shape)
+        logits = forward(params, buffers, xb)
+        yb = y[:, s:s + chunk]
+        losses.append(cross_entropy_per_model(logits, yb))
+        correct.append((logits.argmax(-1) == yb).float())
+    model.train(was_training)
+    loss, acc = torch.cat(losses, 1), torch.cat(correct, 1)
+    w = torch.ones_like(loss) if weight is None else weight.float()
+    return (loss * w).sum(1) / w.sum(1), (acc * w).sum(1) / w.sum(1)
+
+
+def _lr_factor(schedule: str, step: int, steps: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / steps))
+    return 1.0
+
+
+def train_population(build: Callable[[], nn.Module], members: list[Member], data: TaskData,
+                     cfg: TrainConfig, threads: int | None = None) -> PopulationResult:
+    """Train all ``members`` of one architecture together; see the module docstring."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    models = init_models(build, [mb.seed for mb in members])
+    template = models[0].train()
+    layout = layout_of(template)
+    params0, buffers = stack_states(models)
+    del models
+    m = len(members)
+    train_names = [t for t in layout.tensors if t.trainable]
+    # One flat buffer holds every trainable tensor as a contiguous [M, *shape] block, so the
+    # optimizer is a handful of ops on [M * P] and each parameter is a free view of it.
+    theta = torch.cat([params0[t.name].reshape(-1) for t in train_names])
+    blocks = np.cumsum([0] + [m * (t.end - t.start) for t in train_names]).tolist()
+    params = {t.name: theta[a:b].view(m, *t.shape).requires_grad_(True)
+              for t, a, b in zip(train_names, blocks, blocks[1:])}
+    leaves = list(params.values())
+    owner = torch.cat([torch.arange(m).repeat_interleave(t.end - t.start) for t in train_names])
+
+    x_train = torch.as_tensor(data.x_train)
+    x_test, y_test = torch.as_tensor(data.x_test), torch.as_tensor(data.y_test)
+    per = [member_data(mb, torch.as_tensor(data.y_train), data.n_classes, cfg.steps, cfg.batch_size)
+           for mb in members]
+    labels = torch.stack([p[0] for p in per])  # [M, N]
+    subset = torch.stack([p[1] for p in per])  # [M, N]
+    order = torch.stack([p[2] for p in per])  # [M, steps, B]
+    del per
+
+    def per_element(values):  # a per-model hyperparameter spread over theta's elements
+        v = torch.tensor(values, dtype=theta.dtype)
+        return v[0].item() if bool((v == v[0]).all()) else v[owner]
+
+    lr = torch.tensor([mb.lr for mb in members], dtype=theta.dtype)
+    mom = per_element([mb.momentum for mb in members])
+    wd = per_element([mb.weight_decay for mb in members])
+    use_wd = not (isinstance(wd, float) and wd == 0.0)
+    buf = torch.zeros_like(theta)
+    buf2 = torch.zeros_like(theta) if cfg.optimizer == "adam" else None
+    alive = torch.ones(m, dtype=torch.bool)
+    diverged_step = torch.full((m,), -1, dtype=torch.long)
+    forward = make_forward(template)
+    has_buffers = bool(buffers)
+
+    snapshots, metrics = [], {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+
+    def checkpoint():
+        with torch.no_grad():
+            p = {k: v.detach() for k, v in params.items()}
+            tl, ta = evaluate(forward, template, p, buffers, x_train, labels, subset, cfg.eval_chunk)
+            vl, va = evaluate(forward, template, p, buffers, x_test, y_test, None, cfg.eval_chunk)
+            for k, v in zip(metrics, (tl, ta, vl, va)):
+                metrics[k].append(v.numpy().copy())
+            snapshots.append(to_flat(p, buffers, layout).numpy().copy())
+
+    checkpoints = set(cfg.checkpoint_steps)
+    if 0 in checkpoints:
+        checkpoint()
+    rows = torch.arange(m).unsqueeze(1)
+    for step in range(cfg.steps):
+        idx = order[:, step]  # [M, B]
+        xb = x_train[idx]
+        yb = labels[rows, idx]
+        old_buffers = {k: v.clone() for k, v in buffers.items()} if has_buffers else None
+        loss = cross_entropy_per_model(forward(params, buffers, xb), yb).mean(1)  # [M]
+        grads = torch.autograd.grad(loss.sum(), leaves)
+        with torch.no_grad():
+            g = torch.cat([gr.reshape(-1) for gr in grads])
+            if use_wd:
+                g.addcmul_(wd, theta) if torch.is_tensor(wd) else g.add_(theta, alpha=wd)
+            step_lr = lr * _lr_factor(cfg.schedule, step, cfg.steps)
+            if cfg.optimizer == "sgd":  # torch.optim.SGD: buf = mom * buf + g; p -= lr * buf
+                new_buf = torch.addcmul(g, mom, buf) if torch.is_tensor(mom) else g.add_(buf, alpha=mom)
+                update = new_buf
+            else:  # Adam with bias correction; betas shared by the population
+                b1, b2 = cfg.betas
+                t = step + 1
+                new_buf = torch.lerp(buf, g, 1 - b1)
+                new_buf2 = torch.lerp(buf2, g * g, 1 - b2)
+                update = (new_buf / (1 - b1**t)) / (new_buf2 / (1 - b2**t)).sqrt_().add_(1e-8)
+            # A model whose loss or update is not finite is frozen at its last finite state.
+            finite = torch.stack([gr.reshape(m, -1).sum(1) for gr in grads]).sum(0).isfinite()
+            ok = alive & loss.isfinite() & finite
+            scale = torch.where(ok, step_lr, 0.0)[owner]
+            if not bool(ok.all()):  # NaN * 0 is NaN: zero the frozen models' updates first
+                update = torch.nan_to_num(update, nan=0.0, posinf=0.0, neginf=0.0)
+            theta.addcmul_(update, scale, value=-1.0)
+            buf = new_buf
+            if buf2 is not None:
+                buf2 = new_buf2
+            if has_buffers:  # frozen models keep the running stats of their last finite state
+                for k, v in buffers.items():
+                    keep = ok.view(m, *([1] * (v.dim() - 1)))
+                    v.copy_(torch.where(keep, v, old_buffers[k]))
+            diverged_step = torch.where(alive & ~ok, step, diverged_step)
+            alive = ok
+        if step + 1 in checkpoints:
+            checkpoint()
+
+    return PopulationResult(
+        model_ids=[mb.model_id for mb in members],
+        layout=layout,
+        checkpoint_steps=sorted(checkpoints),
+        weights=np.stack(snapshots),
+        metrics={k: np.stack(v) for k, v in metrics.items()},
+        status=["ok" if a else "diverged" for a in alive.tolist()],
+        diverged_step=diverged_step.numpy(),
+        wall_time_s=time.perf_counter() - t0,
+    )

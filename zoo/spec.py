@@ -1,0 +1,304 @@
+"""What a zoo is: the spec dataclasses, TOML presets, overrides and validation.
+
+A spec has sections (task, arch, train, phase, metrics, build). Every field is checked on load;
+problems raise ``SpecError`` with one line naming the field and the allowed values, which the
+CLI prints before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A user error in a spec, preset name or override: one line, no traceback."""
+
+
+TASKS = ("mnist1d",)
+FAMILIES = ("mlp", "cnn")
+ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+SAMPLERS = ("grid",)
+# Fields that may differ between the models of one population (held as per-model tensors).
+PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.label_noise",
+                  "task.train_fraction")
+
+
+@dataclass
+class TaskSpec:
+    name: str = "mnist1d"
+    n_train: int = 4000  # MNIST-1D: the package's 5000 samples split 4000/1000
+    n_test: int = 1000
+    train_fraction: float = 1.0  # load axis: fraction of the training set a model sees
+    label_noise: float = 0.0  # load axis: fraction of training labels replaced at random
+    data_seed: int = 42  # the dataset itself (not the models)
+
+
+@dataclass
+class ArchSpec:
+    family: str = "mlp"
+    width: int = 64
+    depth: int = 2
+    activation: str = "relu"
+
+
+@dataclass
+class TrainSpec:
+    steps: int = 1000
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    checkpoints: int = 4  # evenly spaced checkpoints after the initialisation (step 0)
+
+
+@dataclass
+class Axis:
+    key: str  # dotted field, e.g. "arch.width"
+    values: list
+    name: str = ""  # role in the phase plane: capacity, temperature, load
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.key.rpartition(".")[2]
+
+
+@dataclass
+class PhaseSpec:
+    sampler: str = "grid"
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    axes: list = field(default_factory=list)
+
+
+@dataclass
+class BuildSpec:
+    max_population: int = 64  # models trained together in one vectorized job
+    split: list = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test, by model
+    split_seed: int = 0
+    hdf5: bool = True
+
+
+SECTIONS = {"task": TaskSpec, "arch": ArchSpec, "train": TrainSpec, "phase": PhaseSpec,
+            "build": BuildSpec}
+
+
+@dataclass
+class ZooSpec:
+    name: str = "custom"
+    description: str = ""
+    task: TaskSpec = field(default_factory=TaskSpec)
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    phase: PhaseSpec = field(default_factory=PhaseSpec)
+    build: BuildSpec = field(default_factory=BuildSpec)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def model_configs(self) -> dict[str, Any]:
+        """The base per-model config: flat dotted keys of the task, arch and train sections."""
+        return {f"{s}.{k}": v for s in ("task", "arch", "train")
+                for k, v in asdict(getattr(self, s)).items()}
+
+    @property
+    def n_models(self) -> int:
+        n = len(self.phase.seeds)
+        for axis in self.phase.axes:
+            n *= len(axis.values)
+        return n
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short sha256 of the canonical JSON of ``obj``: ids that never change across runs."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def _check_type(where: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
+        raise SpecError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
+    return {f.name: hints[str(f.type)] for f in fields(cls)}
+
+
+def _build_section(name: str, raw: Any):
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise SpecError(f"[{name}] must be a table, got {type(raw).__name__}")
+    types = _field_types(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise SpecError(f"unknown key {name}.{key}; allowed: {', '.join(types)}")
+        if name == "phase" and key == "axes":
+            kwargs[key] = _build_axes(value)
+            continue
+        kwargs[key] = _check_type(f"{name}.{key}", value, types[key])
+    return cls(**kwargs)
+
+
+def _build_axes(raw: Any) -> list[Axis]:
+    if not isinstance(raw, list):
+        raise SpecError("phase.axes must be a list of tables with key and values")
+    axes = []
+    for i, a in enumerate(raw):
+        if not isinstance(a, dict) or set(a) - {"key", "values", "name"} or "key" not in a or "values" not in a:
+            raise SpecError(f"phase.axes[{i}] needs exactly: key, values (and optional name)")
+        axes.append(Axis(key=str(a["key"]), values=a["values"], name=str(a.get("name", ""))))
+    return axes
+
+
+def spec_from_dict(raw: dict) -> ZooSpec:
+    """Build and validate a ZooSpec from a TOML-like dict."""
+    raw = copy.deepcopy(raw)
+    unknown = set(raw) - set(SECTIONS) - {"name", "description"}
+    if unknown:
+        raise SpecError(f"unknown section {sorted(unknown)[0]!r}; allowed: name, description, "
+                        + ", ".join(SECTIONS))
+    spec = ZooSpec(name=str(raw.pop("name", "custom")), description=str(raw.pop("description", "")))
+    for section, value in raw.items():
+        setattr(spec, section, _build_section(section, value))
+    validate(spec)
+    return spec
+
+
+def _choice(where: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise SpecError(f"{where}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(where: str, value: Any) -> None:
+    if value <= 0:
+        raise SpecError(f"{where} must be > 0, got {value!r}")
+
+
+def _validate_values(spec: ZooSpec) -> None:
+    t, a, tr, b = spec.task, spec.arch, spec.train, spec.build
+    _choice("task.name", t.name, TASKS)
+    _choice("arch.family", a.family, FAMILIES)
+    _choice("arch.activation", a.activation, ACTIVATIONS)
+    _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
+    _choice("train.schedule", tr.schedule, SCHEDULES)
+    _choice("phase.sampler", spec.phase.sampler, SAMPLERS)
+    for where, v in [("task.n_train", t.n_train), ("task.n_test", t.n_test), ("arch.width", a.width),
+                     ("arch.depth", a.depth), ("train.steps", tr.steps),
+                     ("train.batch_size", tr.batch_size), ("train.lr", tr.lr),
+                     ("train.checkpoints", tr.checkpoints), ("build.max_population", b.max_population)]:
+        _positive(where, v)
+    if not 0 < t.train_fraction <= 1:
+        raise SpecError(f"task.train_fraction must be in (0, 1], got {t.train_fraction!r}")
+    if not 0 <= t.label_noise <= 1:
+        raise SpecError(f"task.label_noise must be in [0, 1], got {t.label_noise!r}")
+    if not 0 <= tr.momentum < 1:
+        raise SpecError(f"train.momentum must be in [0, 1), got {tr.momentum!r}")
+    if tr.weight_decay < 0:
+        raise SpecError(f"train.weight_decay must be >= 0, got {tr.weight_decay!r}")
+    if tr.checkpoints > tr.steps:
+        raise SpecError(f"train.checkpoints ({tr.checkpoints}) cannot exceed train.steps ({tr.steps})")
+    if t.n_train + t.n_test > 5000 and t.name == "mnist1d":
+        raise SpecError("task.n_train + task.n_test must be <= 5000 for mnist1d")
+    if tr.batch_size > t.n_train * t.train_fraction:
+        raise SpecError(f"train.batch_size ({tr.batch_size}) exceeds the training samples a model "
+                        f"sees ({int(t.n_train * t.train_fraction)})")
+    if len(b.split) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in b.split) \
+            or abs(sum(b.split) - 1) > 1e-6:
+        raise SpecError(f"build.split must be three non-negative fractions summing to 1, got {b.split!r}")
+
+
+def validate(spec: ZooSpec) -> None:
+    """Raise SpecError (one line) on the first invalid field, including every axis value."""
+    _validate_values(spec)
+    seeds = spec.phase.seeds
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise SpecError(f"phase.seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"phase.seeds has duplicates: {seeds!r}")
+    keys = set()
+    for axis in spec.phase.axes:
+        section, _, name = axis.key.partition(".")
+        if section not in ("task", "arch", "train") or name not in _field_types(SECTIONS[section]):
+            raise SpecError(f"phase axis key {axis.key!r} is not a task/arch/train field "
+                            "(e.g. arch.width, train.lr)")
+        if axis.key in keys:
+            raise SpecError(f"phase axis {axis.key!r} appears twice")
+        keys.add(axis.key)
+        if not isinstance(axis.values, list) or not axis.values:
+            raise SpecError(f"phase axis {axis.key!r} has no values; give a non-empty list")
+        if len(set(map(repr, axis.values))) != len(axis.values):
+            raise SpecError(f"phase axis {axis.key!r} has duplicate values: {axis.values!r}")
+        expected = _field_types(SECTIONS[section])[name]
+        for v in axis.values:  # each value must make a valid spec on its own
+            trial = copy.deepcopy(spec)
+            trial.phase.axes = []
+            setattr(getattr(trial, section), name, _check_type(f"phase axis {axis.key}", v, expected))
+            _validate_values(trial)
+        axis.values = [float(v) if expected is float else v for v in axis.values]
+
+
+# ---------------------------------------------------------------- presets and overrides
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("zoo.presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_toml(path_or_name: str) -> dict:
+    """Raw dict of a preset name or a TOML file path."""
+    path = Path(path_or_name)
+    if path.suffix == ".toml" and path.exists():
+        text = path.read_text()
+    elif path_or_name in preset_names():
+        text = resources.files("zoo.presets").joinpath(f"{path_or_name}.toml").read_text()
+    else:
+        raise SpecError(f"unknown preset {path_or_name!r}; choose one of: {', '.join(preset_names())} "
+                        "or give a path to a .toml file")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"malformed TOML in {path_or_name}: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as TOML (numbers, lists, booleans, quoted strings); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides to a raw spec dict (validated afterwards)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot:
+            raise SpecError(f"--set {item!r}: expected section.key=value, e.g. train.steps=200")
+        if section not in SECTIONS:
+            raise SpecError(f"--set {item!r}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+        if name not in _field_types(SECTIONS[section]):
+            raise SpecError(f"--set {item!r}: unknown key {key.strip()}; allowed: "
+                            + ", ".join(f"{section}.{k}" for k in _field_types(SECTIONS[section])))
+        raw.setdefault(section, {})[name] = parse_value(value.strip())
+    return raw
+
+
+def load_spec(preset: str = "default", overrides: list[str] | None = None) -> ZooSpec:
+    return spec_from_dict(apply_overrides(load_toml(preset), overrides or []))
