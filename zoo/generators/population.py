@@ -201,6 +201,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
               for t, a, b in zip(train_names, blocks, blocks[1:])}
     leaves = list(params.values())
     owner = torch.cat([torch.arange(m).repeat_interleave(t.end - t.start) for t in train_names])
+    theta_blocks = [theta[a:b].view(m, -1) for a, b in zip(blocks, blocks[1:])]
 
     x_train = torch.as_tensor(data.x_train)
     x_test, y_test = torch.as_tensor(data.x_test), torch.as_tensor(data.y_test)
@@ -265,10 +266,11 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
             # A model whose loss or update is not finite is frozen at its last finite state.
             finite = torch.stack([gr.reshape(m, -1).sum(1) for gr in grads]).sum(0).isfinite()
             ok = alive & loss.isfinite() & finite
-            scale = torch.where(ok, step_lr, 0.0)[owner]
+            scale = torch.where(ok, step_lr, 0.0).unsqueeze(1)  # [M, 1]
             if not bool(ok.all()):  # NaN * 0 is NaN: zero the frozen models' updates first
                 update = torch.nan_to_num(update, nan=0.0, posinf=0.0, neginf=0.0)
-            theta.addcmul_(update, scale, value=-1.0)
+            for block, a, b in zip(theta_blocks, blocks, blocks[1:]):
+                block.addcmul_(update[a:b].view(m, -1), scale, value=-1.0)
             buf = new_buf
             if buf2 is not None:
                 buf2 = new_buf2

@@ -1,0 +1,115 @@
+"""The `zoo` command: build, presets, info. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import SpecError
+
+DEFAULT_OUT = "zoo-out"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        print(f"zoo: error: {message} (see zoo {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _cmd_build(args) -> int:
+    from .generators.build import build
+    from .spec import load_spec
+
+    spec = load_spec(args.preset, args.set)
+    if args.phase:
+        spec.phase.sampler = args.phase
+        from .spec import validate
+        validate(spec)
+    out = build(spec, Path(args.out), jobs=args.jobs, progress=not args.quiet, repair=args.repair)
+    print(f"published {spec.n_models} models to {out}")
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    from .cost import estimate
+    from .spec import load_spec, preset_names
+
+    print(f"{'preset':<14}{'models':>8}{'params/model':>16}{'train TFLOP':>13}{'est. CPU time':>15}")
+    for name in preset_names():
+        spec = load_spec(name)
+        c = estimate(spec)
+        params = (f"{c['params_min']:,}" if c["params_min"] == c["params_max"]
+                  else f"{c['params_min']:,}-{c['params_max']:,}")
+        print(f"{name:<14}{spec.n_models:>8}{params:>16}{c['train_flops'] / 1e12:>13.3f}"
+              f"{c['cpu_seconds']:>14.0f}s")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import pandas as pd
+
+    folder = Path(args.dir)
+    manifest_path = folder / "zoo.json"
+    if not manifest_path.exists():
+        raise SpecError(f"{folder} is not a published zoo (no zoo.json); build one with zoo build")
+    manifest = json.loads(manifest_path.read_text())
+    models = pd.read_parquet(folder / "models.parquet")
+    spec = manifest["spec"]
+    print(f"zoo {spec['name']!r} in {folder}  (zoo {manifest['zoo_version']}, torch "
+          f"{manifest['torch_version']}, created {manifest['created']})")
+    print(f"models: {len(models)}  status: {models['status'].value_counts().to_dict()}  "
+          f"splits: {models['split'].value_counts().to_dict()}")
+    print(f"architectures: {models['arch_id'].nunique()}  params/model: {models['n_params'].min()}"
+          f"-{models['n_params'].max()}  populations: {models['population_id'].nunique()}")
+    for axis in spec["phase"]["axes"]:
+        print(f"axis {axis['name']}: {axis['key']} = {axis['values']}")
+    ok = models[models["status"] == "ok"]
+    if len(ok):
+        print(f"test acc: mean {ok['test_acc'].mean():.3f}  min {ok['test_acc'].min():.3f}  "
+              f"max {ok['test_acc'].max():.3f}")
+    print(f"files: {len(manifest['files'])}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="zoo", description="Model zoos across loss-landscape phases.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    b = sub.add_parser("build", help="train a zoo and publish it")
+    b.add_argument("--phase", choices=["grid"], help="phase sampler (overrides the preset's)")
+    b.add_argument("--preset", default="default", help="preset name or path to a .toml spec")
+    b.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: ./zoo-out)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set train.steps=200 (repeatable)")
+    b.add_argument("--jobs", type=int, default=1, help="parallel populations (joblib loky workers)")
+    b.add_argument("--repair", action="store_true", help="move corrupt shards aside and retrain them")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_build)
+    pr = sub.add_parser("presets", help="list presets with model counts and cost estimates")
+    pr.set_defaults(func=_cmd_presets)
+    i = sub.add_parser("info", help="summarize a published zoo")
+    i.add_argument("dir")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .generators.build import BuildError
+
+    args = make_parser().parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        print("zoo: error: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (SpecError, BuildError) as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

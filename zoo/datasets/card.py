@@ -1,0 +1,90 @@
+"""The dataset card (README.md of a published zoo): what every file and column means."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..spec import ZooSpec
+
+COLUMNS = {
+    "model_id": "stable id: hash of the model's full config and seed",
+    "cell_id": "phase-grid cell: models with the same config and different seeds",
+    "population_id": "the vectorized training job the model was trained in",
+    "arch_id": "architecture id; keys layout.parquet and the HDF5 groups",
+    "task": "training task",
+    "seed": "user-facing seed (phase.seeds); random streams derive from model_id",
+    "config.<section>.<field>": "the model's full resolved config (axes and fixed values)",
+    "split": "train / val / test, assigned by model with a seeded hash",
+    "status": "ok, or diverged (a non-finite loss; weights frozen at the last finite state)",
+    "diverged_step": "first step with a non-finite loss or update, -1 if none",
+    "n_params": "trainable parameters",
+    "train_loss / train_acc": "final mean cross-entropy (nats) / accuracy on the model's own "
+                              "training samples and labels (label noise and subset included)",
+    "test_loss / test_acc": "final mean cross-entropy / accuracy on the clean test set",
+    "ggap": "generalization gap: train_acc - test_acc",
+    "wall_time_s": "population wall time divided by its number of models (seconds)",
+}
+
+
+def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict]) -> str:
+    from .. import __version__
+
+    axes = ", ".join(f"{a.name} = {a.key} in {a.values}" for a in spec.phase.axes) or "none"
+    status = models["status"].value_counts().to_dict()
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: models",
+        "  data_files:",
+        "  - split: train",
+        "    path: models.parquet",
+        "  default: true",
+        "- config_name: checkpoints",
+        "  data_files:",
+        "  - split: train",
+        "    path: checkpoints/part-*.parquet",
+        "- config_name: layout",
+        "  data_files:",
+        "  - split: train",
+        "    path: layout.parquet",
+        "tags:",
+        "- weight-space-learning",
+        "- model-zoo",
+        "---",
+        "",
+        f"# Model zoo `{spec.name}`",
+        "",
+        spec.description or "",
+        "",
+        f"Made by zoo {__version__}. {len(models)} models "
+        f"({', '.join(f'{v} {k}' for k, v in status.items())}) of `{spec.arch.family}` on "
+        f"`{spec.task.name}`; phase axes: {axes}; seeds {spec.phase.seeds}.",
+        "",
+        "## Files",
+        "",
+        "- `models.parquet`: one row per model (columns below). `pandas.read_parquet` is all you need.",
+        "- `checkpoints/part-*.parquet`: one row per (model_id, step) with `epoch`, the metrics at that "
+        "step and `weights`, the flat float32 vector (one part per architecture).",
+        "- `layout.parquet`: per arch_id and state_dict tensor: `name`, `shape`, `start`, `end` "
+        "(offsets in the flat vector), `layer_idx`, `role`, `layer_type`, `activation_after`.",
+        "- `zoo.h5`: `/weights/<arch_id>` final weights [N, P], `/checkpoints/<arch_id>` [N, K, P], "
+        "`/index/<arch_id>` model ids (row order), `/layout/*` mirroring layout.parquet.",
+        "- `zoo.json`: the spec as run, versions, and the sha256 of every file.",
+        "",
+        "Flat weight order is the PyTorch `state_dict` order (floating-point entries only; "
+        "BatchNorm's integer `num_batches_tracked` is left out), each tensor C-order.",
+        "",
+        "## Columns of models.parquet",
+        "",
+        *[f"- `{k}`: {v}" for k, v in COLUMNS.items()],
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import pandas as pd",
+        "models = pd.read_parquet('models.parquet')",
+        "ckpt = pd.read_parquet('checkpoints')  # or zoo.datasets.load(folder)",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

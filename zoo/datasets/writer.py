@@ -1,0 +1,193 @@
+"""Publish a built zoo: shards -> Parquet tables, HDF5 mirror, dataset card, zoo.json.
+
+Every file is written atomically, and the output depends only on the shards and the spec, so a
+resumed build publishes byte-identical tables to an uninterrupted one (timestamps live only in
+zoo.json's ``created`` and the wall-time columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io import atomic_path, atomic_write_bytes, sha256_file
+from ..spec import ZooSpec, stable_hash
+from .card import dataset_card
+
+SCHEMA_VERSION = 1
+ROWS_PER_GROUP_BYTES = 64 << 20  # checkpoint row groups of ~64 MB stream well
+
+
+def arch_id(config: dict) -> str:
+    arch = {k: v for k, v in config.items() if k.startswith("arch.")}
+    return f"{config['arch.family']}-" + stable_hash({**arch, "task": config["task.name"]}, 8)
+
+
+def assign_splits(model_ids: list[str], fractions: list[float], seed: int) -> dict[str, str]:
+    """train/val/test by model: rank models by a seeded hash, cut at the given fractions."""
+    ranked = sorted(model_ids, key=lambda m: hashlib.sha256(f"{seed}/{m}".encode()).hexdigest())
+    n = len(ranked)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    return {m: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
+            for i, m in enumerate(ranked)}
+
+
+def _write_parquet(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+
+
+def _layout_rows(aid: str, layout: list[dict]) -> list[dict]:
+    layers = list(dict.fromkeys(t["layer"] for t in layout))
+    rows = []
+    for t in layout:
+        rows.append({"arch_id": aid, "name": t["name"], "shape": list(t["shape"]), "start": t["start"],
+                     "end": t["end"], "layer_idx": layers.index(t["layer"]), "layer": t["layer"],
+                     "role": t["role"], "layer_type": t["layer_type"], "trainable": t["trainable"]})
+    return rows
+
+
+def _activation_after(rows: list[dict], spec: ZooSpec) -> None:
+    """Name the nonlinearity that follows each weight layer (none for the output layer)."""
+    weight_layers = [r["layer_idx"] for r in rows if r["role"] == "weight"
+                     and r["layer_type"] in ("Linear", "Conv1d", "Conv2d")]
+    last = max(weight_layers) if weight_layers else -1
+    for r in rows:
+        r["activation_after"] = "none" if r["layer_idx"] >= last else spec.arch.activation
+
+
+def publish(out: Path, spec: ZooSpec, plans, pops) -> None:
+    from ..generators.build import read_shard, shard_path
+
+    plan_of = {p.model_id: p for p in plans}
+    splits = assign_splits([p.model_id for p in plans], spec.build.split, spec.build.split_seed)
+    models, ckpt_rows, layouts, weights_by_arch = [], {}, {}, {}
+    for pop in pops:
+        meta, arrays = read_shard(shard_path(out, pop))
+        steps = meta["checkpoint_steps"]
+        w = arrays["weights"]  # [K, M, P]
+        for i, mid in enumerate(meta["model_ids"]):
+            p = plan_of[mid]
+            aid = arch_id(p.config)
+            layouts.setdefault(aid, meta["layout"])
+            final = {k[7:]: float(v[-1, i]) for k, v in arrays.items() if k.startswith("metric/")}
+            row = {"model_id": mid, "cell_id": p.cell_id, "population_id": pop.population_id,
+                   "arch_id": aid, "task": p.config["task.name"], "seed": p.seed,
+                   **{f"config.{k}": v for k, v in p.config.items()},
+                   "split": splits[mid], "status": meta["status"][i],
+                   "diverged_step": int(arrays["diverged_step"][i]),
+                   "n_params": sum(t["end"] - t["start"] for t in meta["layout"] if t["trainable"]),
+                   **final, "ggap": final["train_acc"] - final["test_acc"],
+                   "wall_time_s": meta["wall_time_s"] / len(meta["model_ids"])}
+            models.append(row)
+            samples_seen = p.config["train.batch_size"] / (p.config["task.n_train"]
+                                                          * p.config["task.train_fraction"])
+            for k, step in enumerate(steps):
+                ckpt_rows.setdefault(aid, []).append(
+                    {"model_id": mid, "arch_id": aid, "step": step, "epoch": step * samples_seen,
+                     **{name[7:]: float(v[k, i]) for name, v in arrays.items() if name.startswith("metric/")},
+                     "weights": w[k, i]})
+            weights_by_arch.setdefault(aid, []).append((mid, w[:, i]))
+
+    order = {p.model_id: i for i, p in enumerate(plans)}
+    models_df = pd.DataFrame(models).sort_values("model_id", key=lambda s: s.map(order))
+    _write_parquet(out / "models.parquet", pa.Table.from_pandas(models_df, preserve_index=False))
+
+    layout_rows = []
+    for aid, lay in layouts.items():
+        rows = _layout_rows(aid, lay)
+        _activation_after(rows, spec)
+        layout_rows += rows
+    _write_parquet(out / "layout.parquet", pa.Table.from_pylist(layout_rows))
+    _write_checkpoints(out, ckpt_rows, mixed=len(layouts) > 1)
+    if spec.build.hdf5:
+        _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
+    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows).encode())
+    write_manifest(out, spec)
+
+
+def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
+    """One part file per architecture; weights as fixed_size_list (large_list if archs mix)."""
+    folder = out / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("part-*.parquet"):
+        old.unlink()
+    for k, (aid, rows) in enumerate(sorted(rows_by_arch.items())):
+        weights = np.stack([r.pop("weights") for r in rows]).astype(np.float32)
+        p = weights.shape[1]
+        values = pa.array(weights.reshape(-1))
+        column = (pa.LargeListArray.from_arrays(pa.array(np.arange(0, weights.size + 1, p, dtype=np.int64)), values)
+                  if mixed else pa.FixedSizeListArray.from_arrays(values, p))
+        table = pa.Table.from_pylist(rows).append_column("weights", column)
+        rows_per_group = max(1, ROWS_PER_GROUP_BYTES // (4 * p))
+        _write_parquet(folder / f"part-{k:05d}.parquet", table, row_group_size=rows_per_group)
+
+
+def _write_hdf5(out: Path, weights_by_arch: dict, layout_rows: list, models_df: pd.DataFrame, plans) -> None:
+    import h5py
+
+    with atomic_path(out / "zoo.h5") as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for aid, items in sorted(weights_by_arch.items()):
+                ids = [m for m, _ in items]
+                stacked = np.stack([w for _, w in items]).astype(np.float32)  # [N, K, P]
+                n, k, p = stacked.shape
+                kw = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
+                f.create_dataset(f"weights/{aid}", data=stacked[:, -1], chunks=(min(n, 64), p), **kw)
+                f.create_dataset(f"checkpoints/{aid}", data=stacked, chunks=(1, k, p), **kw)
+                f.create_dataset(f"index/{aid}", data=np.array(ids, dtype="S"), track_times=False)
+            lay = pd.DataFrame(layout_rows)
+            for col in ("arch_id", "name", "role", "layer_type", "activation_after", "layer"):
+                f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(dtype="S"), track_times=False)
+            for col in ("start", "end", "layer_idx"):
+                f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(np.int64), track_times=False)
+            f.create_dataset("layout/shape", data=np.array([json.dumps(s) for s in lay["shape"]], dtype="S"),
+                             track_times=False)
+
+
+def _git_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_manifest(out: Path, spec: ZooSpec, extra: dict | None = None) -> dict:
+    """zoo.json: the spec as run, versions, device, and the sha256 of every published file."""
+    import torch
+
+    from .. import __version__
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "zoo.json"
+                   and not p.relative_to(out).parts[0].startswith("."))
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "spec": spec.to_dict(),
+        "zoo_version": __version__,
+        "git_hash": _git_hash(),
+        "torch_version": torch.__version__,
+        "triton_version": triton_version,
+        "python": platform.python_version(),
+        "device": "cpu",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {str(p.relative_to(out)): sha256_file(p) for p in files},
+        **(extra or {}),
+    }
+    atomic_write_bytes(out / "zoo.json", json.dumps(manifest, indent=1, default=str).encode())
+    return manifest

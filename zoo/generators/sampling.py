@@ -1,0 +1,73 @@
+"""Phase-plane samplers: turn a spec into model plans with stable ids, and group them.
+
+A model's id is the hash of its full resolved config (task, arch, train and seed), so ids and
+random streams stay the same when a grid is extended or reordered.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from ..spec import PER_MODEL_KEYS, ZooSpec, stable_hash
+
+
+@dataclass
+class ModelPlan:
+    model_id: str
+    cell_id: str  # same config, different seeds
+    seed: int  # the user-facing seed (phase.seeds)
+    config: dict  # flat dotted keys: task.*, arch.*, train.*
+    axes: dict = field(default_factory=dict)  # axis name -> value
+
+    @property
+    def rng_seed(self) -> int:
+        """The integer every random stream of this model derives from."""
+        return int(self.model_id[2:], 16)
+
+
+@dataclass
+class PopulationPlan:
+    population_id: str
+    members: list[ModelPlan]
+
+    @property
+    def shared(self) -> dict:
+        return {k: v for k, v in self.members[0].config.items() if k not in PER_MODEL_KEYS}
+
+
+def grid(spec: ZooSpec) -> list[ModelPlan]:
+    """Every combination of axis values x seeds, in a fixed order."""
+    base = spec.model_configs()
+    axes = spec.phase.axes
+    plans = []
+    for values in itertools.product(*[a.values for a in axes]):
+        config = dict(base)
+        config.update({a.key: v for a, v in zip(axes, values)})
+        cell_id = "c-" + stable_hash(config, 10)
+        for seed in spec.phase.seeds:
+            model_id = "m-" + stable_hash({"config": config, "seed": seed}, 14)
+            plans.append(ModelPlan(model_id, cell_id, seed, config,
+                                   {a.name: v for a, v in zip(axes, values)}))
+    return plans
+
+
+SAMPLERS = {"grid": grid}
+
+
+def plan_models(spec: ZooSpec, sampler: str | None = None) -> list[ModelPlan]:
+    return SAMPLERS[sampler or spec.phase.sampler](spec)
+
+
+def group_populations(plans: list[ModelPlan], max_population: int) -> list[PopulationPlan]:
+    """Models sharing shapes and step schedule train together, at most ``max_population`` each."""
+    groups: dict[str, list[ModelPlan]] = {}
+    for p in plans:
+        key = stable_hash({k: v for k, v in p.config.items() if k not in PER_MODEL_KEYS})
+        groups.setdefault(key, []).append(p)
+    pops = []
+    for members in groups.values():
+        for i in range(0, len(members), max_population):
+            chunk = members[i:i + max_population]
+            pops.append(PopulationPlan("p-" + stable_hash([m.model_id for m in chunk], 12), chunk))
+    return pops
