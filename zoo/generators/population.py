@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
     eval_chunk: int = 2048
+    dtype: torch.dtype = torch.float32  # float64 for numerical-agreement checks
 
 
 @dataclass
@@ -186,7 +187,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    models = init_models(build, [mb.seed for mb in members])
+    models = [mdl.to(cfg.dtype) for mdl in init_models(build, [mb.seed for mb in members])]
     template = models[0].train()
     layout = layout_of(template)
     params0, buffers = stack_states(models)
@@ -199,12 +200,14 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     blocks = np.cumsum([0] + [m * (t.end - t.start) for t in train_names]).tolist()
     params = {t.name: theta[a:b].view(m, *t.shape).requires_grad_(True)
               for t, a, b in zip(train_names, blocks, blocks[1:])}
-    leaves = list(params.values())
+    grad_flat = torch.zeros_like(theta)  # backward accumulates every gradient straight into it
+    for p, a, b in zip(params.values(), blocks, blocks[1:]):
+        p.grad = grad_flat[a:b].view_as(p)
     owner = torch.cat([torch.arange(m).repeat_interleave(t.end - t.start) for t in train_names])
     theta_blocks = [theta[a:b].view(m, -1) for a, b in zip(blocks, blocks[1:])]
 
-    x_train = torch.as_tensor(data.x_train)
-    x_test, y_test = torch.as_tensor(data.x_test), torch.as_tensor(data.y_test)
+    x_train = torch.as_tensor(data.x_train).to(cfg.dtype)
+    x_test, y_test = torch.as_tensor(data.x_test).to(cfg.dtype), torch.as_tensor(data.y_test)
     per = [member_data(mb, torch.as_tensor(data.y_train), data.n_classes, cfg.steps, cfg.batch_size)
            for mb in members]
     labels = torch.stack([p[0] for p in per])  # [M, N]
@@ -248,14 +251,15 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
         yb = labels[rows, idx]
         old_buffers = {k: v.clone() for k, v in buffers.items()} if has_buffers else None
         loss = cross_entropy_per_model(forward(params, buffers, xb), yb).mean(1)  # [M]
-        grads = torch.autograd.grad(loss.sum(), leaves)
+        grad_flat.zero_()
+        loss.sum().backward()
         with torch.no_grad():
-            g = torch.cat([gr.reshape(-1) for gr in grads])
+            g = grad_flat
             if use_wd:
-                g.addcmul_(wd, theta) if torch.is_tensor(wd) else g.add_(theta, alpha=wd)
+                g = torch.addcmul(g, wd, theta) if torch.is_tensor(wd) else g.add(theta, alpha=wd)
             step_lr = lr * _lr_factor(cfg.schedule, step, cfg.steps)
             if cfg.optimizer == "sgd":  # torch.optim.SGD: buf = mom * buf + g; p -= lr * buf
-                new_buf = torch.addcmul(g, mom, buf) if torch.is_tensor(mom) else g.add_(buf, alpha=mom)
+                new_buf = torch.addcmul(g, mom, buf) if torch.is_tensor(mom) else torch.add(g, buf, alpha=mom)
                 update = new_buf
             else:  # Adam with bias correction; betas shared by the population
                 b1, b2 = cfg.betas
@@ -264,7 +268,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
                 new_buf2 = torch.lerp(buf2, g * g, 1 - b2)
                 update = (new_buf / (1 - b1**t)) / (new_buf2 / (1 - b2**t)).sqrt_().add_(1e-8)
             # A model whose loss or update is not finite is frozen at its last finite state.
-            finite = torch.stack([gr.reshape(m, -1).sum(1) for gr in grads]).sum(0).isfinite()
+            finite = torch.stack([g[a:b].view(m, -1).sum(1) for a, b in zip(blocks, blocks[1:])]).sum(0).isfinite()
             ok = alive & loss.isfinite() & finite
             scale = torch.where(ok, step_lr, 0.0).unsqueeze(1)  # [M, 1]
             if not bool(ok.all()):  # NaN * 0 is NaN: zero the frozen models' updates first

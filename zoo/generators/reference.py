@@ -16,8 +16,8 @@ from .tasks import TaskData
 
 def train_model_loop(build, member: Member, data: TaskData, cfg: TrainConfig) -> np.ndarray:
     """Train one model with torch.optim and return its final flat state_dict vector [P]."""
-    model: nn.Module = init_models(build, [member.seed])[0].train()
-    x = torch.as_tensor(data.x_train)
+    model: nn.Module = init_models(build, [member.seed])[0].to(cfg.dtype).train()
+    x = torch.as_tensor(data.x_train).to(cfg.dtype)
     labels, _, order = member_data(member, torch.as_tensor(data.y_train), data.n_classes,
                                    cfg.steps, cfg.batch_size)
     if cfg.optimizer == "sgd":
