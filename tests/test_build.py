@@ -135,3 +135,10 @@ def test_resume_after_sigkill_publishes_the_same_dataset(tmp_path, data_root):
     clean = tmp_path / "clean"
     assert run_zoo("build", "--out", str(clean), *args).returncode == 0
     assert _published(killed) == _published(clean)
+
+
+def test_parallel_build_equals_serial(smoke_zoo, tmp_path):
+    out = tmp_path / "par"
+    r = run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    assert _published(out) == _published(smoke_zoo)

@@ -60,14 +60,30 @@ def plan_models(spec: ZooSpec, sampler: str | None = None) -> list[ModelPlan]:
 
 
 def group_populations(plans: list[ModelPlan], max_population: int) -> list[PopulationPlan]:
-    """Models sharing shapes and step schedule train together, at most ``max_population`` each."""
-    groups: dict[str, list[ModelPlan]] = {}
+    """Models sharing shapes and step schedule train together, at most ``max_population`` each.
+
+    Whole cells stay in one population where they fit, so same-cell pair metrics (barriers,
+    CKA, matching) are computed inside the job that trained the models.
+    """
+    groups: dict[str, dict[str, list[ModelPlan]]] = {}
     for p in plans:
         key = stable_hash({k: v for k, v in p.config.items() if k not in PER_MODEL_KEYS})
-        groups.setdefault(key, []).append(p)
+        groups.setdefault(key, {}).setdefault(p.cell_id, []).append(p)
     pops = []
-    for members in groups.values():
-        for i in range(0, len(members), max_population):
-            chunk = members[i:i + max_population]
-            pops.append(PopulationPlan("p-" + stable_hash([m.model_id for m in chunk], 12), chunk))
+    for cells in groups.values():
+        chunk: list[ModelPlan] = []
+        for cell in cells.values():
+            while cell:
+                if chunk and len(chunk) + len(cell) > max_population:
+                    pops.append(_population(chunk))
+                    chunk = []
+                take = cell[:max_population]
+                cell = cell[max_population:]
+                chunk += take
+        if chunk:
+            pops.append(_population(chunk))
     return pops
+
+
+def _population(members: list[ModelPlan]) -> PopulationPlan:
+    return PopulationPlan("p-" + stable_hash([m.model_id for m in members], 12), members)

@@ -1,0 +1,33 @@
+from zoo.generators.sampling import group_populations, plan_models
+from zoo.spec import load_spec
+
+
+def test_grid_ids_are_stable_and_unique():
+    spec = load_spec("default")
+    plans = plan_models(spec)
+    assert len(plans) == 108 == len({p.model_id for p in plans})
+    assert len({p.cell_id for p in plans}) == 36
+    again = plan_models(load_spec("default"))
+    assert [p.model_id for p in plans] == [p.model_id for p in again]
+    # extending an axis keeps the existing models' ids (and so their random streams)
+    wider = load_spec("default", ["phase.axes=[{key='arch.width', values=[4, 8, 16, 32, 64, 128, 256], "
+                                  "name='capacity'}, {key='train.lr', values=[0.001, 0.003, 0.01, 0.03, "
+                                  "0.1, 0.3], name='temperature'}]"])
+    assert {p.model_id for p in plans} < {p.model_id for p in plan_models(wider)}
+
+
+def test_populations_share_shapes_and_keep_cells_whole():
+    plans = plan_models(load_spec("default"))
+    for size in (64, 7, 3, 1):
+        pops = group_populations(plans, size)
+        assert sorted(m.model_id for p in pops for m in p.members) == sorted(p.model_id for p in plans)
+        for pop in pops:
+            assert len(pop.members) <= size
+            assert len({m.config["arch.width"] for m in pop.members}) == 1
+        if size >= 3:  # a cell (3 seeds) fits: never split across populations
+            cell_pops = {}
+            for pop in pops:
+                for m in pop.members:
+                    cell_pops.setdefault(m.cell_id, set()).add(pop.population_id)
+            assert all(len(v) == 1 for v in cell_pops.values())
+    assert len(group_populations(plans, 64)) == 6  # one per width
