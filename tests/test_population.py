@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.generators.architectures import build_model
-from zoo.generators.population import (Member, TrainConfig, make_forward, member_data,
-                                       train_population)
-from zoo.generators.reference import train_model_loop
 from zoo.functional import stack_states
+from zoo.generators.architectures import build_model
+from zoo.generators.population import Member, TrainConfig, make_forward, member_data, train_population
+from zoo.generators.reference import train_model_loop
 
 
 def mlp(width=16):

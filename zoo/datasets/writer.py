@@ -11,7 +11,7 @@ import hashlib
 import json
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
     folder.mkdir(exist_ok=True)
     for old in folder.glob("part-*.parquet"):
         old.unlink()
-    for k, (aid, rows) in enumerate(sorted(rows_by_arch.items())):
+    for k, (_, rows) in enumerate(sorted(rows_by_arch.items())):
         weights = np.stack([r.pop("weights") for r in rows]).astype(np.float32)
         p = weights.shape[1]
         values = pa.array(weights.reshape(-1))
@@ -136,23 +136,22 @@ def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
 def _write_hdf5(out: Path, weights_by_arch: dict, layout_rows: list, models_df: pd.DataFrame, plans) -> None:
     import h5py
 
-    with atomic_path(out / "zoo.h5") as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for aid, items in sorted(weights_by_arch.items()):
-                ids = [m for m, _ in items]
-                stacked = np.stack([w for _, w in items]).astype(np.float32)  # [N, K, P]
-                n, k, p = stacked.shape
-                kw = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
-                f.create_dataset(f"weights/{aid}", data=stacked[:, -1], chunks=(min(n, 64), p), **kw)
-                f.create_dataset(f"checkpoints/{aid}", data=stacked, chunks=(1, k, p), **kw)
-                f.create_dataset(f"index/{aid}", data=np.array(ids, dtype="S"), track_times=False)
-            lay = pd.DataFrame(layout_rows)
-            for col in ("arch_id", "name", "role", "layer_type", "activation_after", "layer"):
-                f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(dtype="S"), track_times=False)
-            for col in ("start", "end", "layer_idx"):
-                f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(np.int64), track_times=False)
-            f.create_dataset("layout/shape", data=np.array([json.dumps(s) for s in lay["shape"]], dtype="S"),
-                             track_times=False)
+    with atomic_path(out / "zoo.h5") as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        for aid, items in sorted(weights_by_arch.items()):
+            ids = [m for m, _ in items]
+            stacked = np.stack([w for _, w in items]).astype(np.float32)  # [N, K, P]
+            n, k, p = stacked.shape
+            kw = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
+            f.create_dataset(f"weights/{aid}", data=stacked[:, -1], chunks=(min(n, 64), p), **kw)
+            f.create_dataset(f"checkpoints/{aid}", data=stacked, chunks=(1, k, p), **kw)
+            f.create_dataset(f"index/{aid}", data=np.array(ids, dtype="S"), track_times=False)
+        lay = pd.DataFrame(layout_rows)
+        for col in ("arch_id", "name", "role", "layer_type", "activation_after", "layer"):
+            f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(dtype="S"), track_times=False)
+        for col in ("start", "end", "layer_idx"):
+            f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(np.int64), track_times=False)
+        f.create_dataset("layout/shape", data=np.array([json.dumps(s) for s in lay["shape"]], dtype="S"),
+                         track_times=False)
 
 
 def _git_hash() -> str:
@@ -185,7 +184,7 @@ def write_manifest(out: Path, spec: ZooSpec, extra: dict | None = None) -> dict:
         "triton_version": triton_version,
         "python": platform.python_version(),
         "device": "cpu",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {str(p.relative_to(out)): sha256_file(p) for p in files},
         **(extra or {}),
     }

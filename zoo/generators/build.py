@@ -72,9 +72,8 @@ def write_shard(path: Path, pop: PopulationPlan, result) -> None:
             "layout": [vars(t) for t in result.layout.tensors]}
     arrays = {"weights": result.weights.astype(np.float32), "diverged_step": result.diverged_step,
               **{f"metric/{k}": v for k, v in result.metrics.items()}}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def read_shard(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

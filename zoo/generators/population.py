@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..functional import Layout, from_flat, layout_of, population_forward, stack_states, to_flat
+from ..functional import Layout, layout_of, population_forward, stack_states, to_flat
 from .tasks import TaskData
+from .tasks.objectives import objective_for
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
@@ -92,7 +92,7 @@ def member_data(member: Member, y: torch.Tensor, n_classes: int, steps: int, bat
     """
     n = y.shape[0]
     labels = y.clone()
-    if member.label_noise > 0:
+    if member.label_noise > 0 and not y.is_floating_point():
         g = seed_stream(member.seed, NOISE)
         flip = torch.randperm(n, generator=g)[: round(member.label_noise * n)]
         shift = torch.randint(1, n_classes, (flip.numel(),), generator=g)
@@ -145,34 +145,26 @@ def make_forward(model: nn.Module):
     return forward
 
 
-def cross_entropy_per_model(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[M, B, C] logits, [M, B] labels -> [M, B] losses."""
-    m, b, c = logits.shape
-    return F.cross_entropy(logits.reshape(m * b, c), y.reshape(m * b), reduction="none").view(m, b)
-
-
 @torch.no_grad()
-def evaluate(forward, model: nn.Module, params, buffers, x: torch.Tensor, y: torch.Tensor,
-             weight: torch.Tensor | None = None, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy per model ([M] each) on shared data x [N, ...], y [M, N] or [N].
+def evaluate(forward, model: nn.Module, objective, params, buffers, x: torch.Tensor, y: torch.Tensor,
+             weight: torch.Tensor | None = None, chunk: int = 2048, split: str = "test") -> dict:
+    """Per-model metrics ({name: [M]}) on shared inputs x [N, ...] and targets y [N, ...] or [M, N, ...].
 
-    ``weight`` [M, N] restricts each model to its own samples (its training subset).
+    ``weight`` [M, N] restricts each model to its own samples (its training subset); it comes
+    with per-model targets y [M, N, ...] (labels differ per model under label noise).
     """
     was_training = model.training
     model.eval()
     m = next(iter(params.values())).shape[0]
-    y = y.expand(m, -1) if y.dim() == 1 else y
-    losses, correct = [], []
+    parts: dict[str, list] = {}
     for s in range(0, x.shape[0], chunk):
         xb = x[s:s + chunk].unsqueeze(0).expand(m, *x[s:s + chunk].shape)
-        logits = forward(params, buffers, xb)
-        yb = y[:, s:s + chunk]
-        losses.append(cross_entropy_per_model(logits, yb))
-        correct.append((logits.argmax(-1) == yb).float())
+        yb = y[:, s:s + chunk] if weight is not None else y[s:s + chunk].unsqueeze(0).expand(
+            m, *y[s:s + chunk].shape)
+        for k, v in objective.sample_metrics(forward, params, buffers, xb, yb).items():
+            parts.setdefault(k, []).append(v)
     model.train(was_training)
-    loss, acc = torch.cat(losses, 1), torch.cat(correct, 1)
-    w = torch.ones_like(loss) if weight is None else weight.float()
-    return (loss * w).sum(1) / w.sum(1), (acc * w).sum(1) / w.sum(1)
+    return objective.reduce({k: torch.cat(v, 1) for k, v in parts.items()}, weight, split)
 
 
 def _lr_factor(schedule: str, step: int, steps: int) -> float:
@@ -206,11 +198,15 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     owner = torch.cat([torch.arange(m).repeat_interleave(t.end - t.start) for t in train_names])
     theta_blocks = [theta[a:b].view(m, -1) for a, b in zip(blocks, blocks[1:])]
 
-    x_train = torch.as_tensor(data.x_train).to(cfg.dtype)
-    x_test, y_test = torch.as_tensor(data.x_test).to(cfg.dtype), torch.as_tensor(data.y_test)
-    per = [member_data(mb, torch.as_tensor(data.y_train), data.n_classes, cfg.steps, cfg.batch_size)
-           for mb in members]
-    labels = torch.stack([p[0] for p in per])  # [M, N]
+    def as_input(a):  # float inputs follow the training dtype; token ids stay integers
+        t = torch.as_tensor(a)
+        return t.to(cfg.dtype) if t.is_floating_point() else t
+
+    objective = objective_for(data)
+    x_train, x_test, y_test = as_input(data.x_train), as_input(data.x_test), as_input(data.y_test)
+    y_train = as_input(data.y_train)
+    per = [member_data(mb, y_train, data.n_classes, cfg.steps, cfg.batch_size) for mb in members]
+    labels = torch.stack([p[0] for p in per])  # [M, N, ...] (labels differ per model under label noise)
     subset = torch.stack([p[1] for p in per])  # [M, N]
     order = torch.stack([p[2] for p in per])  # [M, steps, B]
     del per
@@ -230,16 +226,15 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     forward = make_forward(template)
     has_buffers = bool(buffers)
 
-    snapshots, metrics = [], {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    snapshots, metrics = [], {}
 
     def checkpoint():
-        with torch.no_grad():
-            p = {k: v.detach() for k, v in params.items()}
-            tl, ta = evaluate(forward, template, p, buffers, x_train, labels, subset, cfg.eval_chunk)
-            vl, va = evaluate(forward, template, p, buffers, x_test, y_test, None, cfg.eval_chunk)
-            for k, v in zip(metrics, (tl, ta, vl, va)):
-                metrics[k].append(v.numpy().copy())
-            snapshots.append(to_flat(p, buffers, layout).numpy().copy())
+        p = {k: v.detach() for k, v in params.items()}
+        for split, x, y, w in (("train", x_train, labels, subset), ("test", x_test, y_test, None)):
+            values = evaluate(forward, template, objective, p, buffers, x, y, w, cfg.eval_chunk, split)
+            for k, v in values.items():
+                metrics.setdefault(f"{split}_{k}", []).append(v.numpy().copy())
+        snapshots.append(to_flat(p, buffers, layout).detach().numpy().copy())
 
     checkpoints = set(cfg.checkpoint_steps)
     if 0 in checkpoints:
@@ -250,7 +245,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
         xb = x_train[idx]
         yb = labels[rows, idx]
         old_buffers = {k: v.clone() for k, v in buffers.items()} if has_buffers else None
-        loss = cross_entropy_per_model(forward(params, buffers, xb), yb).mean(1)  # [M]
+        loss = objective.batch_loss(forward, params, buffers, xb, yb)  # [M]
         grad_flat.zero_()
         loss.sum().backward()
         with torch.no_grad():

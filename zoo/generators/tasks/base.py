@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,7 +14,9 @@ class TaskData:
     y_train: np.ndarray  # [N] int64 class labels
     x_test: np.ndarray
     y_test: np.ndarray
-    n_classes: int
+    n_classes: int  # classes, or output dimension for regression / PDE tasks
+    kind: str = "classification"  # classification | regression | pinn
+    extras: dict = field(default_factory=dict)  # task-specific arrays (e.g. PDE boundary points)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -22,10 +22,9 @@ def load(n_train: int, n_test: int, data_seed: int, data_root: Path) -> TaskData
         args = get_dataset_args()
         args.seed = data_seed
         d = make_dataset(args)  # 4000 train / 1000 test by the package's defaults
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, x=d["x"].astype(np.float32), y=d["y"].astype(np.int64),
-                         x_test=d["x_test"].astype(np.float32), y_test=d["y_test"].astype(np.int64))
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=d["x"].astype(np.float32), y=d["y"].astype(np.int64),
+                     x_test=d["x_test"].astype(np.float32), y_test=d["y_test"].astype(np.int64))
     with np.load(cache) as d:
         return TaskData(
             name="mnist1d",
