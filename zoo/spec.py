@@ -21,8 +21,11 @@ class SpecError(ValueError):
     """A user error in a spec, preset name or override: one line, no traceback."""
 
 
-TASKS = ("mnist1d",)
-FAMILIES = ("mlp", "cnn")
+TASKS = ("mnist1d", "digits", "modular", "teacher_student", "convection",
+         "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
+CLASSIFICATION_TASKS = tuple(t for t in TASKS if t not in ("teacher_student", "convection"))
+FAMILIES = ("mlp", "pinn", "cnn", "cnn_s", "cnn_l", "resnet18", "resnet50", "vit", "gpt")
+OPERATIONS = ("add", "sub", "mul", "div")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -40,6 +43,11 @@ class TaskSpec:
     train_fraction: float = 1.0  # load axis: fraction of the training set a model sees
     label_noise: float = 0.0  # load axis: fraction of training labels replaced at random
     data_seed: int = 42  # the dataset itself (not the models)
+    modulus: int = 97  # modular arithmetic: p
+    operation: str = "add"  # modular arithmetic: a op b mod p
+    input_dim: int = 16  # teacher-student: input dimension
+    beta: float = 1.0  # convection PDE: transport speed (the PINN zoo's load axis)
+    download: bool = False  # vision tasks: allow torchvision to download into the data root
 
 
 @dataclass
@@ -48,6 +56,8 @@ class ArchSpec:
     width: int = 64
     depth: int = 2
     activation: str = "relu"
+    heads: int = 4  # transformers
+    patch_size: int = 4  # ViT
 
 
 @dataclass
@@ -194,6 +204,7 @@ def _validate_values(spec: ZooSpec) -> None:
     _choice("task.name", t.name, TASKS)
     _choice("arch.family", a.family, FAMILIES)
     _choice("arch.activation", a.activation, ACTIVATIONS)
+    _choice("task.operation", t.operation, OPERATIONS)
     _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
     _choice("train.schedule", tr.schedule, SCHEDULES)
     _choice("phase.sampler", spec.phase.sampler, SAMPLERS)
@@ -212,14 +223,36 @@ def _validate_values(spec: ZooSpec) -> None:
         raise SpecError(f"train.weight_decay must be >= 0, got {tr.weight_decay!r}")
     if tr.checkpoints > tr.steps:
         raise SpecError(f"train.checkpoints ({tr.checkpoints}) cannot exceed train.steps ({tr.steps})")
-    if t.n_train + t.n_test > 5000 and t.name == "mnist1d":
-        raise SpecError("task.n_train + task.n_test must be <= 5000 for mnist1d")
+    limits = {"mnist1d": 5000, "digits": 1797, "modular": t.modulus * t.modulus}
+    if t.name in limits and t.n_train + t.n_test > limits[t.name]:
+        raise SpecError(f"task.n_train + task.n_test must be <= {limits[t.name]} for {t.name}")
+    if t.label_noise > 0 and t.name not in CLASSIFICATION_TASKS:
+        raise SpecError(f"task.label_noise applies to classification tasks only, not {t.name}")
+    for where, v in [("task.modulus", t.modulus), ("task.input_dim", t.input_dim), ("arch.heads", a.heads),
+                     ("arch.patch_size", a.patch_size)]:
+        _positive(where, v)
+    _check_arch_fits_task(spec)
     if tr.batch_size > t.n_train * t.train_fraction:
         raise SpecError(f"train.batch_size ({tr.batch_size}) exceeds the training samples a model "
                         f"sees ({int(t.n_train * t.train_fraction)})")
     if len(b.split) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in b.split) \
             or abs(sum(b.split) - 1) > 1e-6:
         raise SpecError(f"build.split must be three non-negative fractions summing to 1, got {b.split!r}")
+
+
+def _check_arch_fits_task(spec: ZooSpec) -> None:
+    t, a = spec.task, spec.arch
+    image = t.name in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
+    if a.family == "gpt" and t.name != "modular":
+        raise SpecError(f"arch.family=gpt needs a token task (task.name=modular), not {t.name}")
+    if t.name == "modular" and a.family not in ("gpt", "mlp"):
+        raise SpecError(f"task modular takes arch.family gpt or mlp, not {a.family}")
+    if a.family in ("cnn_s", "cnn_l", "resnet18", "resnet50", "vit") and not image:
+        raise SpecError(f"arch.family={a.family} needs an image task (digits, mnist, cifar10, ...), not {t.name}")
+    if a.family in ("vit", "gpt") and a.width % a.heads:
+        raise SpecError(f"arch.width ({a.width}) must be divisible by arch.heads ({a.heads})")
+    if t.name == "convection" and a.family not in ("pinn", "mlp"):
+        raise SpecError(f"task convection takes arch.family pinn or mlp, not {a.family}")
 
 
 def validate(spec: ZooSpec) -> None:

@@ -22,7 +22,7 @@ from ..spec import ZooSpec, stable_hash
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
 from .sampling import PopulationPlan, group_populations, plan_models
-from .tasks import TaskData, load_task
+from .tasks import DatasetMissing, TaskData, load_task
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
 SCHEMA_VERSION = 1
@@ -51,7 +51,7 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
     """Train one population and write its shard atomically. Runs inside a worker."""
     torch.set_num_threads(threads)
     cfg = pop.members[0].config
-    build, adapt = build_for_task(cfg, data.input_shape, data.n_classes)
+    build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
     data = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
     members = [Member(p.model_id, p.rng_seed, lr=p.config["train.lr"],
                       momentum=p.config["train.momentum"], weight_decay=p.config["train.weight_decay"],
@@ -89,6 +89,19 @@ def read_shard(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------- the whole build
+
+TASK_OPTIONS = ("modulus", "operation", "input_dim", "beta", "download")
+
+
+def load_spec_task(spec: ZooSpec, data_root: Path | None = None) -> TaskData:
+    """The task data of a spec; a dataset that is not available is a user error."""
+    t = spec.task
+    try:
+        return load_task(t.name, t.n_train, t.n_test, t.data_seed, data_root,
+                         **{k: getattr(t, k) for k in TASK_OPTIONS})
+    except (DatasetMissing, ValueError, RuntimeError) as e:
+        raise BuildError(str(e)) from None
+
 
 def prepare_output(out: Path, spec: ZooSpec) -> None:
     """Create or reuse ``out``; refuse a non-empty folder that is not this zoo's."""
@@ -147,10 +160,9 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     out = Path(out)
     plans = plan_models(spec)
     pops = group_populations(plans, spec.build.max_population)
+    data = load_spec_task(spec, data_root)  # before touching the output folder
     prepare_output(out, spec)
     todo = pending_populations(out, pops, repair)
-    t = spec.task
-    data = load_task(t.name, t.n_train, t.n_test, t.data_seed, data_root)
     jobs = max(1, min(jobs, len(todo) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(plans), initial=len(plans) - sum(len(p.members) for p in todo),

@@ -1,41 +1,74 @@
-"""Architecture families: a dict from family name to (config class, builder)."""
+"""Architecture families: a dict from family name to (config class, builder, spec fields used).
+
+Every family is width-scalable: ``arch.width`` is its capacity axis (hidden units, channels of
+the first conv, base width of a ResNet, embedding size of a transformer).
+"""
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
-from . import cnn, mlp
+from . import cnn, cnn_zoo, mlp, resnet, transformer
 
 FAMILIES = {
-    "mlp": (mlp.MLPConfig, mlp.build),
-    "cnn": (cnn.CNNConfig, cnn.build),
+    "mlp": (mlp.MLPConfig, mlp.build, ("width", "depth", "activation")),
+    "pinn": (mlp.MLPConfig, mlp.build, ("width", "depth", "activation")),
+    "cnn": (cnn.CNNConfig, cnn.build, ("width", "depth", "activation")),
+    "cnn_s": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_s, ("width", "activation")),
+    "cnn_l": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_l, ("width", "activation")),
+    "resnet18": (resnet.ResNetConfig, resnet.build, ("width",)),
+    "resnet50": (resnet.ResNetConfig, resnet.build, ("width",)),
+    "vit": (transformer.ViTConfig, transformer.build_vit, ("width", "depth", "heads", "patch_size")),
+    "gpt": (transformer.GPTConfig, transformer.build_gpt, ("width", "depth", "heads")),
 }
 
 
 def build_model(family: str, **kwargs) -> nn.Module:
     """Build one model of ``family`` from config keyword arguments."""
-    config_cls, builder = FAMILIES[family]
+    config_cls, builder, _ = FAMILIES[family]
     return builder(config_cls(**kwargs))
 
 
-def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int):
+def _task_kwargs(family: str, input_shape: tuple[int, ...], n_out: int, vocab_size: int | None) -> dict:
+    """The input/output arguments a family needs for a task with samples of ``input_shape``."""
+    if family in ("mlp", "pinn"):
+        return {"in_dim": math.prod(input_shape), "out_dim": n_out}
+    if family == "cnn":
+        spatial = 1 if len(input_shape) <= 2 else 2
+        channels = 1 if len(input_shape) == 1 else input_shape[0]
+        return {"in_channels": channels, "out_dim": n_out, "spatial_dims": spatial}
+    if family == "gpt":
+        if vocab_size is None:
+            raise ValueError("gpt needs a token task (e.g. modular arithmetic)")
+        return {"vocab_size": vocab_size, "block_size": input_shape[0], "out_dim": n_out}
+    if len(input_shape) != 3:
+        raise ValueError(f"{family} needs image inputs (C, H, W), got samples of shape {input_shape}")
+    base = {"in_channels": input_shape[0], "out_dim": n_out}
+    if family.startswith("resnet"):
+        return {**base, "depth": int(family[6:])}
+    return {**base, "image_size": input_shape[1]}
+
+
+def input_adapter(family: str, input_shape: tuple[int, ...]):
+    """Reshape task inputs [N, *input_shape] to what the family expects."""
+    if family in ("mlp", "pinn"):
+        return lambda x: x.reshape(x.shape[0], -1)
+    if family == "cnn" and len(input_shape) == 1:
+        return lambda x: x.reshape(x.shape[0], 1, *input_shape)
+    return lambda x: x
+
+
+def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, vocab_size: int | None = None):
     """(builder, input_adapter) for a flat model config on a task with samples of ``input_shape``.
 
-    The builder makes a fresh, randomly initialised model; the adapter reshapes task inputs
-    [N, *input_shape] to what the family expects (a channel axis for CNNs).
+    The builder makes a fresh, randomly initialised model; the adapter reshapes task inputs.
     """
     family = config["arch.family"]
-    arch = {k[5:]: v for k, v in config.items() if k.startswith("arch.") and k != "arch.family"}
-    if family == "mlp":
-        in_dim = 1
-        for d in input_shape:
-            in_dim *= d
-        return (lambda: build_model("mlp", in_dim=in_dim, out_dim=n_classes, **arch),
-                lambda x: x.reshape(x.shape[0], -1))
-    if family == "cnn":
-        spatial = len(input_shape) if len(input_shape) == 1 else len(input_shape) - 1
-        channels = 1 if len(input_shape) == 1 else input_shape[0]
-        return (lambda: build_model("cnn", in_channels=channels, out_dim=n_classes,
-                                    spatial_dims=spatial, **arch),
-                lambda x: x.reshape(x.shape[0], channels, *input_shape[-spatial:]))
-    raise ValueError(f"unknown architecture family {family!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown architecture family {family!r}")
+    config_cls, builder, used = FAMILIES[family]
+    kwargs = {**_task_kwargs(family, tuple(input_shape), n_classes, vocab_size),
+              **{k: config[f"arch.{k}"] for k in used}}
+    return (lambda: builder(config_cls(**kwargs))), input_adapter(family, tuple(input_shape))
