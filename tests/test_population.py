@@ -27,7 +27,8 @@ MEMBERS = [
 ]
 
 
-@pytest.mark.parametrize("optimizer,schedule", [("sgd", "constant"), ("sgd", "cosine"), ("adam", "constant")])
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "constant"), ("sgd", "cosine"), ("sgd", "onecycle"),
+                                                ("adam", "constant")])
 def test_population_matches_per_model_loop(mnist1d_small, optimizer, schedule):
     cfg = TrainConfig(steps=40, batch_size=32, checkpoint_steps=[0, 40], optimizer=optimizer,
                       schedule=schedule)
@@ -107,3 +108,34 @@ def test_member_data_is_per_model_and_respects_load_axes(mnist1d_small):
     assert mask[order.flatten()].all()  # batches only from the subset
     labels2, _, order2 = member_data(m, y, 10, steps=100, batch=32)
     assert torch.equal(order, order2) and torch.equal(labels, labels2)
+
+
+def test_augmentation_is_per_model_and_function_of_the_seed():
+    from zoo.generators.population import augment_images, member_augmentation
+
+    x = torch.arange(2 * 3 * 1 * 5 * 6, dtype=torch.float32).view(2, 3, 1, 5, 6)
+    flip = torch.tensor([[True, False, False], [False, False, False]])
+    shift = torch.zeros(2, 3, 2, dtype=torch.long)
+    shift[0, 2] = torch.tensor([1, -2])
+    out = augment_images(x, flip, shift)
+    assert torch.equal(out[0, 0], x[0, 0].flip(-1)) and torch.equal(out[1], x[1]) and torch.equal(out[0, 1], x[0, 1])
+    assert torch.equal(out[0, 2, 0, :4, 2:], x[0, 2, 0, 1:, :4])  # content moved up 1, right 2
+    assert (out[0, 2, 0, 4] == 0).all() and (out[0, 2, 0, :, :2] == 0).all()  # zero padding came in
+    f1, s1 = member_augmentation(Member("a", 3, 0.1, augment=True), 10, 8)
+    f2, s2 = member_augmentation(Member("a", 3, 0.1, augment=True), 10, 8)
+    assert torch.equal(f1, f2) and torch.equal(s1, s2) and f1.any() and s1.abs().max() == 4
+
+
+def test_augmenting_neighbour_does_not_change_a_model(data_root):
+    from zoo.generators.tasks import load_task
+
+    d = load_task("digits", 64, 32, 0)
+    build = lambda: build_model("vit", in_channels=1, image_size=8, out_dim=10, width=8, depth=1, heads=2,
+                                patch_size=4)
+    cfg = TrainConfig(steps=4, batch_size=16, checkpoint_steps=[4])  # SGD: Adam amplifies rounding
+    plain, aug = Member("p", 1, 0.05), Member("q", 2, 0.05, augment=True)
+    together = train_population(build, [plain, aug], d, cfg)
+    alone = train_population(build, [plain], d, cfg)
+    np.testing.assert_allclose(together.weights[:, 0], alone.weights[:, 0], rtol=0, atol=1e-6)
+    unaug = train_population(build, [Member("q", 2, 0.05)], d, cfg)
+    assert not np.allclose(together.weights[:, 1], unaug.weights[:, 0])

@@ -28,11 +28,12 @@ FAMILIES = ("mlp", "pinn", "cnn", "cnn_s", "cnn_l", "resnet18", "resnet50", "vit
 OPERATIONS = ("add", "sub", "mul", "div")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
+INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "uniform", "normal")
 SAMPLERS = ("grid",)
 # Fields that may differ between the models of one population (held as per-model tensors).
 PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.label_noise",
-                  "task.train_fraction")
+                  "task.train_fraction", "task.augment")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TaskSpec:
     input_dim: int = 16  # teacher-student: input dimension
     beta: float = 1.0  # convection PDE: transport speed (the PINN zoo's load axis)
     download: bool = False  # vision tasks: allow torchvision to download into the data root
+    augment: bool = False  # image tasks: random flips and +-4 pixel shifts (a load axis)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ArchSpec:
     width: int = 64
     depth: int = 2
     activation: str = "relu"
+    init: str = "default"  # weight init of conv/linear layers (the Model Zoos' init axis)
     heads: int = 4  # transformers
     patch_size: int = 4  # ViT
 
@@ -63,6 +66,7 @@ class ArchSpec:
 @dataclass
 class TrainSpec:
     steps: int = 1000
+    epochs: float = 0.0  # if > 0: steps = ceil(epochs * task.n_train / batch_size), overriding steps
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -205,6 +209,9 @@ def _validate_values(spec: ZooSpec) -> None:
     _choice("arch.family", a.family, FAMILIES)
     _choice("arch.activation", a.activation, ACTIVATIONS)
     _choice("task.operation", t.operation, OPERATIONS)
+    _choice("arch.init", a.init, INITS)
+    if tr.epochs < 0:
+        raise SpecError(f"train.epochs must be >= 0, got {tr.epochs!r}")
     _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
     _choice("train.schedule", tr.schedule, SCHEDULES)
     _choice("phase.sampler", spec.phase.sampler, SAMPLERS)

@@ -56,7 +56,8 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
     members = [Member(p.model_id, p.rng_seed, lr=p.config["train.lr"],
                       momentum=p.config["train.momentum"], weight_decay=p.config["train.weight_decay"],
                       label_noise=p.config["task.label_noise"],
-                      train_fraction=p.config["task.train_fraction"]) for p in pop.members]
+                      train_fraction=p.config["task.train_fraction"], augment=p.config["task.augment"])
+               for p in pop.members]
     train_cfg = TrainConfig(steps=cfg["train.steps"], batch_size=cfg["train.batch_size"],
                             checkpoint_steps=checkpoint_steps(cfg["train.steps"], cfg["train.checkpoints"]),
                             optimizer=cfg["train.optimizer"], schedule=cfg["train.schedule"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..functional import Layout, layout_of, population_forward, stack_states, to_flat
@@ -37,6 +38,7 @@ class Member:
     weight_decay: float = 0.0
     label_noise: float = 0.0
     train_fraction: float = 1.0
+    augment: bool = False  # random flips and +-4 pixel shifts of image batches
 
 
 @dataclass
@@ -71,7 +73,8 @@ def seed_stream(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + stream) % (2**63 - 1))
 
 
-INIT, NOISE, SUBSET, ORDER = range(4)
+INIT, NOISE, SUBSET, ORDER, AUGMENT = range(5)
+SHIFT = 4  # pixels of random translation (zero padded), as in the usual CIFAR augmentation
 
 
 def init_models(build: Callable[[], nn.Module], seeds: list[int]) -> list[nn.Module]:
@@ -105,6 +108,26 @@ def member_data(member: Member, y: torch.Tensor, n_classes: int, steps: int, bat
     epochs = math.ceil(steps * batch / subset.numel())
     order = torch.cat([subset[torch.randperm(subset.numel(), generator=g)] for _ in range(epochs)])
     return labels, mask, order[: steps * batch].view(steps, batch)
+
+
+def member_augmentation(member: Member, steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flip [steps, B] bool, shift [steps, B, 2] int) of one model; all zero without augmentation."""
+    if not member.augment:
+        return torch.zeros(steps, batch, dtype=torch.bool), torch.zeros(steps, batch, 2, dtype=torch.long)
+    g = seed_stream(member.seed, AUGMENT)
+    flip = torch.rand(steps, batch, generator=g) < 0.5
+    return flip, torch.randint(-SHIFT, SHIFT + 1, (steps, batch, 2), generator=g)
+
+
+def augment_images(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-sample horizontal flip and translation of image batches x [M, B, C, H, W]."""
+    m, b, c, h, w = x.shape
+    x = torch.where(flip[..., None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT))
+    rows = torch.arange(h) + SHIFT + shift[..., 0:1]  # [M, B, H]
+    cols = torch.arange(w) + SHIFT + shift[..., 1:2]  # [M, B, W]
+    padded = padded.gather(3, rows[:, :, None, :, None].expand(m, b, c, h, w + 2 * SHIFT))
+    return padded.gather(4, cols[:, :, None, None, :].expand(m, b, c, h, w))
 
 
 def _is_plain_sequential(model: nn.Module) -> bool:
@@ -167,9 +190,20 @@ def evaluate(forward, model: nn.Module, objective, params, buffers, x: torch.Ten
     return objective.reduce({k: torch.cat(v, 1) for k, v in parts.items()}, weight, split)
 
 
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
 def _lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Learning-rate multiplier at ``step``: torch's CosineAnnealingLR (eta_min 0) or OneCycleLR
+    (pct_start 0.3, div_factor 25, final_div_factor 1e4, cosine; momentum is not cycled)."""
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / steps))
+    if schedule == "onecycle":
+        warm_end = 0.3 * steps - 1
+        if step <= warm_end:
+            return _cos_anneal(1 / 25, 1.0, step / warm_end if warm_end > 0 else 1.0)
+        return _cos_anneal(1.0, 1 / 25 / 1e4, (step - warm_end) / (steps - 1 - warm_end))
     return 1.0
 
 
@@ -209,6 +243,10 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     labels = torch.stack([p[0] for p in per])  # [M, N, ...] (labels differ per model under label noise)
     subset = torch.stack([p[1] for p in per])  # [M, N]
     order = torch.stack([p[2] for p in per])  # [M, steps, B]
+    augmenting = any(mb.augment for mb in members) and x_train.dim() == 4
+    if augmenting:
+        aug = [member_augmentation(mb, cfg.steps, cfg.batch_size) for mb in members]
+        flips, shifts = torch.stack([a[0] for a in aug]), torch.stack([a[1] for a in aug])
     del per
 
     def per_element(values):  # a per-model hyperparameter spread over theta's elements
@@ -243,6 +281,8 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     for step in range(cfg.steps):
         idx = order[:, step]  # [M, B]
         xb = x_train[idx]
+        if augmenting:
+            xb = augment_images(xb, flips[:, step], shifts[:, step])
         yb = labels[rows, idx]
         old_buffers = {k: v.clone() for k, v in buffers.items()} if has_buffers else None
         loss = objective.batch_loss(forward, params, buffers, xb, yb)  # [M]

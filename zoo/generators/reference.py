@@ -26,8 +26,12 @@ def train_model_loop(build, member: Member, data: TaskData, cfg: TrainConfig) ->
     else:
         opt = torch.optim.Adam(model.parameters(), lr=member.lr, betas=cfg.betas,
                                weight_decay=member.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-             if cfg.schedule == "cosine" else None)
+    sched = None
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    elif cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=member.lr, total_steps=cfg.steps,
+                                                    cycle_momentum=False)
     for step in range(cfg.steps):
         idx = order[step]
         loss = F.cross_entropy(model(x[idx]), labels[idx])

@@ -7,6 +7,7 @@ random streams stay the same when a grid is extended or reordered.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from ..spec import PER_MODEL_KEYS, ZooSpec, stable_hash
@@ -44,6 +45,9 @@ def grid(spec: ZooSpec) -> list[ModelPlan]:
     for values in itertools.product(*[a.values for a in axes]):
         config = dict(base)
         config.update({a.key: v for a, v in zip(axes, values)})
+        if config["train.epochs"] > 0:  # an epoch budget fixes the number of steps per batch size
+            config["train.steps"] = math.ceil(config["train.epochs"] * config["task.n_train"]
+                                              / config["train.batch_size"])
         cell_id = "c-" + stable_hash(config, 10)
         for seed in spec.phase.seeds:
             model_id = "m-" + stable_hash({"config": config, "seed": seed}, 14)

@@ -71,4 +71,33 @@ def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, v
     config_cls, builder, used = FAMILIES[family]
     kwargs = {**_task_kwargs(family, tuple(input_shape), n_classes, vocab_size),
               **{k: config[f"arch.{k}"] for k in used}}
-    return (lambda: builder(config_cls(**kwargs))), input_adapter(family, tuple(input_shape))
+    init = config.get("arch.init", "default")
+
+    def build() -> nn.Module:
+        return apply_init(builder(config_cls(**kwargs)), init)
+
+    return build, input_adapter(family, tuple(input_shape))
+
+
+INITS = {
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "uniform": lambda w: nn.init.uniform_(w, -0.1, 0.1),
+    "normal": lambda w: nn.init.normal_(w, 0.0, 0.05),
+}
+
+
+def apply_init(model: nn.Module, init: str) -> nn.Module:
+    """Re-initialise conv/linear weights (biases to zero) unless ``init`` is "default" (PyTorch's).
+
+    Runs inside the model's own random stream (see population.init_models)."""
+    if init == "default":
+        return model
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            INITS[init](m.weight.data)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias.data)
+    return model
