@@ -33,17 +33,29 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_presets(args) -> int:
-    from .cost import estimate
+    from .cost import calibrate, estimate
     from .spec import load_spec, preset_names
 
-    print(f"{'preset':<14}{'models':>8}{'params/model':>16}{'train TFLOP':>13}{'est. CPU time':>15}")
-    for name in preset_names():
+    if args.calibrate:
+        rates = calibrate("cuda" if args.device == "cuda" else "cpu")
+        print("calibrated training GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in rates.items()))
+
+    def duration(s: float) -> str:
+        if s != s:  # NaN: no calibration for this device
+            return "n/a"
+        return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h"
+
+    print(f"{'preset':<30}{'models':>7}{'params/model':>22}{'train PFLOP':>12}{'mem/pop':>9}"
+          f"{'CPU time':>10}{'GPU time':>10}")
+    for name in args.names or preset_names():
         spec = load_spec(name)
         c = estimate(spec)
         params = (f"{c['params_min']:,}" if c["params_min"] == c["params_max"]
                   else f"{c['params_min']:,}-{c['params_max']:,}")
-        print(f"{name:<14}{spec.n_models:>8}{params:>16}{c['train_flops'] / 1e12:>13.3f}"
-              f"{c['cpu_seconds']:>14.0f}s")
+        print(f"{name:<30}{spec.n_models:>7}{params:>22}{c['train_flops'] / 1e15:>12.4f}"
+              f"{c['population_bytes'] / 2**30:>8.2f}G{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
+    print("times: counted training FLOPs / measured population-trainer throughput (zoo presets --calibrate);"
+          " GPU n/a until calibrated on a GPU")
     return 0
 
 
@@ -73,6 +85,18 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from .datasets.verify import cmd_verify
+
+    return cmd_verify(args)
+
+
+def _cmd_export(args) -> int:
+    from .datasets.export import cmd_export
+
+    return cmd_export(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zoo", description="Model zoos across loss-landscape phases.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -87,10 +111,21 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_build)
     pr = sub.add_parser("presets", help="list presets with model counts and cost estimates")
+    pr.add_argument("names", nargs="*", help="presets to list (default: all)")
+    pr.add_argument("--calibrate", action="store_true", help="measure this machine's throughput first")
+    pr.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to calibrate")
     pr.set_defaults(func=_cmd_presets)
     i = sub.add_parser("info", help="summarize a published zoo")
     i.add_argument("dir")
     i.set_defaults(func=_cmd_info)
+    v = sub.add_parser("verify", help="re-hash a published zoo and check its tables against zoo.json")
+    v.add_argument("dir")
+    v.set_defaults(func=_cmd_verify)
+    e = sub.add_parser("export", help="write a published zoo as parquet, hdf5 or npz (weights.npy + metrics.csv)")
+    e.add_argument("dir")
+    e.add_argument("--format", required=True, choices=["parquet", "hdf5", "npz"])
+    e.add_argument("--out", required=True, help="output folder (npz, parquet) or .h5 file (hdf5)")
+    e.set_defaults(func=_cmd_export)
     return p
 
 

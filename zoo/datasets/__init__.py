@@ -1,0 +1,27 @@
+"""The published weight-space datasets: writer (build side), reader, torch views, verify, export."""
+
+from .reader import DatasetError, WeightBatch, Zoo, load, split_by_cells
+from .verify import verify
+from .views import (
+    VIEWS,
+    DWSView,
+    FlatView,
+    GraphView,
+    NFNView,
+    NormStats,
+    TokenView,
+    WeightView,
+    affine_layers,
+    compute_norm_stats,
+    layers_to_flat,
+    load_norm_stats,
+    pad_tokens,
+    permutation_index,
+    random_permutation_index,
+    to_pyg,
+)
+
+__all__ = ["DatasetError", "WeightBatch", "Zoo", "load", "split_by_cells", "verify", "VIEWS", "DWSView",
+           "FlatView", "GraphView", "NFNView", "NormStats", "TokenView", "WeightView", "affine_layers",
+           "compute_norm_stats", "layers_to_flat", "load_norm_stats", "pad_tokens", "permutation_index",
+           "random_permutation_index", "to_pyg"]

@@ -1,0 +1,49 @@
+"""The examples run end to end on a tiny zoo (as scripts would, through their main())."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_datasets import SMOKE_SETS, built_zoo
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def smoke_zoo(tmp_path_factory, data_root):
+    return built_zoo(tmp_path_factory, "smoke", "smoke", SMOKE_SETS)
+
+
+def test_predict_accuracy(smoke_zoo, capsys):
+    result = _example("predict_accuracy").main(["--zoo", str(smoke_zoo), "--steps", "30"])
+    assert result["n_test"] == 4 and result["n_fit"] == 12
+    for key in ("ridge_r2", "deepsets_r2", "ridge_mae", "deepsets_mae"):
+        assert math.isfinite(result[key])
+    assert result["ridge_mae"] < 0.5 and result["deepsets_mae"] < 0.5  # accuracies live in [0, 1]
+    assert '"ridge_r2"' in capsys.readouterr().out
+
+
+def test_weight_statistics_features(smoke_zoo):
+    from zoo.datasets import load
+
+    ex = _example("predict_accuracy")
+    ids, x = ex.weight_statistics(load(smoke_zoo))
+    assert x.shape == (16, 3 * 2 * 8) and len(set(ids)) == 16  # 3 layers x (W, b) x 8 statistics
+
+
+def test_phase_diagram(smoke_zoo, tmp_path):
+    out = _example("phase_diagram").main(["--zoo", str(smoke_zoo), "--out", str(tmp_path / "p.png")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+    models = pd.read_parquet(smoke_zoo / "models.parquet")
+    assert models.groupby(["config.arch.width", "config.train.lr"]).ngroups == 4
