@@ -18,16 +18,62 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def parse_bytes(text: str) -> int:
+    """'512M', '4G', '1.5GiB' or a plain number of bytes."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        raise SpecError(f"--max-memory {text!r}: expected a size such as 512M or 4G") from None
+    if value <= 0:
+        raise SpecError(f"--max-memory must be positive, got {text!r}")
+    return int(value * scale)
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return name
+
+
+def _start_backend(args) -> None:
+    """Connect joblib to an existing cluster: Dask (--scheduler) or Ray (--address)."""
+    if args.backend == "dask":
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SpecError("--backend dask needs dask.distributed: pip install 'zoo[cluster]'") from None
+        args._client = Client(args.scheduler) if args.scheduler else Client(processes=True)
+    elif args.backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError:
+            raise SpecError("--backend ray needs ray: pip install 'ray[default]'") from None
+        register_ray()
+        ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
+
+
 def _cmd_build(args) -> int:
     from .generators.build import build
-    from .spec import load_spec
+    from .spec import load_spec, validate
 
     spec = load_spec(args.preset, args.set)
     if args.phase:
         spec.phase.sampler = args.phase
-        from .spec import validate
         validate(spec)
-    out = build(spec, Path(args.out), jobs=args.jobs, progress=not args.quiet, repair=args.repair)
+    device = _resolve_device(args.device)
+    if args.precision == "bf16" and device != "cuda":
+        raise SpecError("--precision bf16 is for CUDA devices; use fp32 on the CPU")
+    max_memory = parse_bytes(args.max_memory) if args.max_memory else None
+    _start_backend(args)
+    out = build(spec, Path(args.out), jobs=args.jobs, progress=not args.quiet, repair=args.repair,
+                backend=args.backend, device=device, max_memory=max_memory, precision=args.precision)
     print(f"published {spec.n_models} models to {out}")
     return 0
 
@@ -106,7 +152,14 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: ./zoo-out)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.steps=200 (repeatable)")
-    b.add_argument("--jobs", type=int, default=1, help="parallel populations (joblib loky workers)")
+    b.add_argument("--jobs", type=int, default=1, help="parallel populations (joblib workers)")
+    b.add_argument("--backend", choices=["loky", "dask", "ray"], default="loky",
+                   help="joblib backend: local processes, a Dask cluster or a Ray cluster")
+    b.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
+    b.add_argument("--address", help="Ray cluster address (default: a local Ray runtime)")
+    b.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="training device")
+    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast on CUDA")
+    b.add_argument("--max-memory", help="memory budget per population, e.g. 4G (default: half the free RAM)")
     b.add_argument("--repair", action="store_true", help="move corrupt shards aside and retrain them")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_build)

@@ -66,22 +66,33 @@ def _activation_after(rows: list[dict], spec: ZooSpec) -> None:
         r["activation_after"] = "none" if r["layer_idx"] >= last else spec.arch.activation
 
 
-def publish(out: Path, spec: ZooSpec, plans, pops) -> None:
-    from ..generators.build import read_shard, shard_path
+def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), device: str = "cpu",
+            precision: str = "fp32") -> None:
+    """Write the dataset from the shards (``shards`` maps model_id -> its shard), in plan order.
 
-    plan_of = {p.model_id: p for p in plans}
+    ``population_id`` is the model's population in this build's grouping of the whole plan, so a
+    resumed build (which retrains only unfinished models) publishes the same ids.
+    """
+    from ..generators.build import read_shard
+
+    population_of = {m.model_id: pop.population_id for pop in pops for m in pop.members}
     splits = assign_splits([p.model_id for p in plans], spec.build.split, spec.build.split_seed)
     models, ckpt_rows, layouts, weights_by_arch = [], {}, {}, {}
-    for pop in pops:
-        meta, arrays = read_shard(shard_path(out, pop))
+    cache: dict[Path, tuple] = {}
+    for p in plans:
+        path = shards[p.model_id]
+        if path not in cache:
+            cache.clear()  # one shard in memory at a time: plans are grouped like populations
+            meta, arrays = read_shard(path)
+            cache[path] = (meta, arrays, {m: i for i, m in enumerate(meta["model_ids"])})
+        meta, arrays, index = cache[path]
         steps = meta["checkpoint_steps"]
         w = arrays["weights"]  # [K, M, P]
-        for i, mid in enumerate(meta["model_ids"]):
-            p = plan_of[mid]
+        for i, mid in [(index[p.model_id], p.model_id)]:
             aid = arch_id(p.config)
             layouts.setdefault(aid, meta["layout"])
             final = {k[7:]: float(v[-1, i]) for k, v in arrays.items() if k.startswith("metric/")}
-            row = {"model_id": mid, "cell_id": p.cell_id, "population_id": pop.population_id,
+            row = {"model_id": mid, "cell_id": p.cell_id, "population_id": population_of.get(mid, meta["population_id"]),
                    "arch_id": aid, "task": p.config["task.name"], "seed": p.seed,
                    **{f"config.{k}": v for k, v in p.config.items()},
                    "split": splits[mid], "status": meta["status"][i],
@@ -99,8 +110,7 @@ def publish(out: Path, spec: ZooSpec, plans, pops) -> None:
                      "weights": w[k, i]})
             weights_by_arch.setdefault(aid, []).append((mid, w[:, i]))
 
-    order = {p.model_id: i for i, p in enumerate(plans)}
-    models_df = pd.DataFrame(models).sort_values("model_id", key=lambda s: s.map(order))
+    models_df = pd.DataFrame(models)
     _write_parquet(out / "models.parquet", pa.Table.from_pandas(models_df, preserve_index=False))
 
     layout_rows = []
@@ -113,7 +123,7 @@ def publish(out: Path, spec: ZooSpec, plans, pops) -> None:
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
     atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows).encode())
-    write_manifest(out, spec)
+    write_manifest(out, spec, {"device": device, "precision": precision})
 
 
 def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
@@ -184,6 +194,7 @@ def write_manifest(out: Path, spec: ZooSpec, extra: dict | None = None) -> dict:
         "triton_version": triton_version,
         "python": platform.python_version(),
         "device": "cpu",
+        "precision": "fp32",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {str(p.relative_to(out)): sha256_file(p) for p in files},
         **(extra or {}),

@@ -21,7 +21,7 @@ from ..io import atomic_path, atomic_write_bytes
 from ..spec import ZooSpec, stable_hash
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
-from .sampling import PopulationPlan, group_populations, plan_models
+from .sampling import PopulationPlan, arch_key, group_populations, plan_models
 from .tasks import DatasetMissing, TaskData, load_task
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
@@ -47,9 +47,11 @@ def spec_fingerprint(spec: ZooSpec) -> str:
 
 # ---------------------------------------------------------------- one population
 
-def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: int) -> dict:
+def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: int | None,
+                   device: str = "cpu", precision: str = "fp32") -> dict:
     """Train one population and write its shard atomically. Runs inside a worker."""
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     cfg = pop.members[0].config
     build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
     data = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
@@ -60,9 +62,13 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
                for p in pop.members]
     train_cfg = TrainConfig(steps=cfg["train.steps"], batch_size=cfg["train.batch_size"],
                             checkpoint_steps=checkpoint_steps(cfg["train.steps"], cfg["train.checkpoints"]),
-                            optimizer=cfg["train.optimizer"], schedule=cfg["train.schedule"])
+                            optimizer=cfg["train.optimizer"], schedule=cfg["train.schedule"],
+                            device=device, precision=precision)
     result = train_population(build, members, data, train_cfg)
-    write_shard(shard, pop, result)
+    try:
+        write_shard(shard, pop, result)
+    except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind
+        raise BuildError(f"could not write shard {shard}: {e.strerror or e}; free space and rerun to resume") from None
     return {"population_id": pop.population_id, "models": len(members), "wall_time_s": result.wall_time_s}
 
 
@@ -130,51 +136,131 @@ def shard_path(out: Path, pop: PopulationPlan) -> Path:
     return out / STATE_DIR / "shards" / f"{pop.population_id}.npz"
 
 
-def pending_populations(out: Path, pops: list[PopulationPlan], repair: bool) -> list[PopulationPlan]:
-    """Populations without a valid shard. Corrupt shards raise, or move aside with ``repair``."""
-    todo = []
-    for pop in pops:
-        path = shard_path(out, pop)
-        if not path.exists():
-            todo.append(pop)
-            continue
+def scan_shards(out: Path, repair: bool) -> dict[str, Path]:
+    """model_id -> the shard holding its results. Corrupt shards raise, or move aside with ``repair``.
+
+    Resume works per model, so a rerun with another population size (or memory budget) reuses
+    every finished model and trains only the rest.
+    """
+    done: dict[str, Path] = {}
+    for path in sorted((out / STATE_DIR / "shards").glob("*.npz")):
         try:
             meta, _ = read_shard(path)
-            if meta["model_ids"] != [m.model_id for m in pop.members]:
-                raise BuildError(f"corrupt shard {path}: it holds other models than its population")
         except BuildError:
             if not repair:
                 raise
             path.rename(path.with_suffix(f".corrupt-{int(time.time())}"))
+            continue
+        for mid in meta["model_ids"]:
+            done.setdefault(mid, path)
+    return done
+
+
+def pending_populations(pops: list[PopulationPlan], done: dict[str, Path]) -> list[PopulationPlan]:
+    """Each population restricted to its unfinished models; fully finished ones dropped."""
+    todo = []
+    for pop in pops:
+        missing = [m for m in pop.members if m.model_id not in done]
+        if len(missing) == len(pop.members):
             todo.append(pop)
+        elif missing:
+            todo.append(PopulationPlan(pop.population_id + "-r" + stable_hash([m.model_id for m in missing], 6),
+                                       missing))
     return todo
 
 
+def population_cap(spec: ZooSpec, plans, max_memory: int | None) -> dict[str, int]:
+    """Largest population per arch whose parameters, optimizer state and activations fit."""
+    from ..cost import model_costs
+
+    states = 3 if spec.train.optimizer == "sgd" else 4
+    caps: dict[str, int] = {}
+    for p in plans:
+        c = model_costs(p.config)
+        per_model = 4 * (states * c["params"] + 2 * c["activations"] * p.config["train.batch_size"])
+        cap = spec.build.max_population if max_memory is None else int(max_memory // per_model)
+        if cap < 1:
+            raise BuildError(f"one model of {p.config['arch.family']} width {p.config['arch.width']} needs "
+                             f"~{per_model / 2**30:.2f} GiB, over the memory budget {max_memory / 2**30:.2f} GiB; "
+                             "raise --max-memory or lower train.batch_size")
+        key = arch_key(p.config)
+        caps[key] = min(caps.get(key, spec.build.max_population), cap, spec.build.max_population)
+    return caps
+
+
+def default_max_memory(device: str) -> int:
+    """Half of the memory available now (RAM, or free GPU memory on CUDA)."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0] // 2
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 8 << 30
+
+
 def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair: bool = False,
-          data_root: Path | None = None) -> Path:
-    """Train every population of ``spec`` not yet in ``out`` and publish the dataset."""
-    from joblib import Parallel, delayed
+          data_root: Path | None = None, backend: str = "loky", device: str = "cpu",
+          max_memory: int | None = None, precision: str = "fp32", max_retries: int = 2,
+          claim_ttl: float = 120.0) -> Path:
+    """Train every model of ``spec`` not yet in ``out`` and publish the dataset.
+
+    Populations run as joblib tasks on ``backend`` (loky processes, or an existing Dask/Ray
+    cluster set up by the caller). A population lost to a dead worker is retried; populations
+    claimed by another live build on the same folder are left to it and waited for.
+    """
+    from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
     from ..datasets.writer import publish
+    from .claims import Claims
 
     out = Path(out)
     plans = plan_models(spec)
-    pops = group_populations(plans, spec.build.max_population)
     data = load_spec_task(spec, data_root)  # before touching the output folder
+    caps = population_cap(spec, plans, max_memory if max_memory is not None else default_max_memory(device))
+    pops = group_populations(plans, spec.build.max_population, caps)
     prepare_output(out, spec)
-    todo = pending_populations(out, pops, repair)
-    jobs = max(1, min(jobs, len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    bar = tqdm(total=len(plans), initial=len(plans) - sum(len(p.members) for p in todo),
-               unit="model", desc=f"zoo {spec.name}", disable=not progress, dynamic_ncols=True)
-    bar.set_postfix_str(f"populations {len(pops) - len(todo)}/{len(pops)}")
-    done = len(pops) - len(todo)
-    tasks = (delayed(run_population)(p, data, shard_path(out, p), threads) for p in todo)
-    for info in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
-        done += 1
-        bar.update(info["models"])
-        bar.set_postfix_str(f"populations {done}/{len(pops)}")
+    claims = Claims(out / STATE_DIR / "claims", ttl=claim_ttl)
+    done = scan_shards(out, repair)
+    bar = tqdm(total=len(plans), initial=sum(p.model_id in done for p in plans), unit="model",
+               desc=f"zoo {spec.name}", disable=not progress, dynamic_ncols=True)
+    failures: dict[str, int] = {}
+    with claims.heartbeat():
+        while True:
+            todo = pending_populations(pops, done)
+            if not todo:
+                break
+            mine = [p for p in todo if claims.acquire(p.population_id)]
+            if not mine:  # everything left is being trained by another live build: wait for it
+                time.sleep(min(5.0, claim_ttl / 10))
+                done = scan_shards(out, repair)
+                continue
+            workers = max(1, min(jobs, len(mine)))
+            threads = max(1, (os.cpu_count() or 1) // workers) if backend == "loky" else None
+            tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision) for p in mine)
+            try:
+                with parallel_config(backend=backend, n_jobs=workers):
+                    for info in Parallel(return_as="generator_unordered")(tasks):
+                        claims.release(info["population_id"])
+                        bar.update(info["models"])
+            except BuildError:
+                raise
+            except Exception as e:  # a worker died (SIGKILL, OOM): retry what is still missing
+                for p in mine:
+                    failures[p.population_id] = failures.get(p.population_id, 0) + 1
+                    if failures[p.population_id] > max_retries:
+                        raise BuildError(f"population {p.population_id} failed {failures[p.population_id]} "
+                                         f"times ({type(e).__name__}: {e}); see the log and rerun") from None
+            finally:
+                for p in mine:
+                    claims.release(p.population_id)
+            done = scan_shards(out, repair)
     bar.close()
-    publish(out, spec, plans, pops)
+    with claims.exclusive("publish"):
+        publish(out, spec, plans, done, pops, device=device, precision=precision)
     return out

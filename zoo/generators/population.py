@@ -53,6 +53,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eval_chunk: int = 2048
     dtype: torch.dtype = torch.float32  # float64 for numerical-agreement checks
+    device: str = "cpu"
+    precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast (CUDA), fp32 weights
 
 
 @dataclass
@@ -213,7 +215,8 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    models = [mdl.to(cfg.dtype) for mdl in init_models(build, [mb.seed for mb in members])]
+    device = torch.device(cfg.device)
+    models = [mdl.to(device=device, dtype=cfg.dtype) for mdl in init_models(build, [mb.seed for mb in members])]
     template = models[0].train()
     layout = layout_of(template)
     params0, buffers = stack_states(models)
@@ -233,34 +236,34 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     theta_blocks = [theta[a:b].view(m, -1) for a, b in zip(blocks, blocks[1:])]
 
     def as_input(a):  # float inputs follow the training dtype; token ids stay integers
-        t = torch.as_tensor(a)
+        t = torch.as_tensor(a).to(device)
         return t.to(cfg.dtype) if t.is_floating_point() else t
 
     objective = objective_for(data)
     x_train, x_test, y_test = as_input(data.x_train), as_input(data.x_test), as_input(data.y_test)
     y_train = as_input(data.y_train)
     per = [member_data(mb, y_train, data.n_classes, cfg.steps, cfg.batch_size) for mb in members]
-    labels = torch.stack([p[0] for p in per])  # [M, N, ...] (labels differ per model under label noise)
-    subset = torch.stack([p[1] for p in per])  # [M, N]
-    order = torch.stack([p[2] for p in per])  # [M, steps, B]
+    labels = torch.stack([p[0] for p in per]).to(device)  # [M, N, ...] (differ per model under label noise)
+    subset = torch.stack([p[1] for p in per]).to(device)  # [M, N]
+    order = torch.stack([p[2] for p in per]).to(device)  # [M, steps, B]
     augmenting = any(mb.augment for mb in members) and x_train.dim() == 4
     if augmenting:
         aug = [member_augmentation(mb, cfg.steps, cfg.batch_size) for mb in members]
-        flips, shifts = torch.stack([a[0] for a in aug]), torch.stack([a[1] for a in aug])
+        flips, shifts = torch.stack([a[0] for a in aug]).to(device), torch.stack([a[1] for a in aug]).to(device)
     del per
 
     def per_element(values):  # a per-model hyperparameter spread over theta's elements
         v = torch.tensor(values, dtype=theta.dtype)
-        return v[0].item() if bool((v == v[0]).all()) else v[owner]
+        return v[0].item() if bool((v == v[0]).all()) else v[owner].to(device)
 
-    lr = torch.tensor([mb.lr for mb in members], dtype=theta.dtype)
+    lr = torch.tensor([mb.lr for mb in members], dtype=theta.dtype, device=device)
     mom = per_element([mb.momentum for mb in members])
     wd = per_element([mb.weight_decay for mb in members])
     use_wd = not (isinstance(wd, float) and wd == 0.0)
     buf = torch.zeros_like(theta)
     buf2 = torch.zeros_like(theta) if cfg.optimizer == "adam" else None
-    alive = torch.ones(m, dtype=torch.bool)
-    diverged_step = torch.full((m,), -1, dtype=torch.long)
+    alive = torch.ones(m, dtype=torch.bool, device=device)
+    diverged_step = torch.full((m,), -1, dtype=torch.long, device=device)
     forward = make_forward(template)
     has_buffers = bool(buffers)
 
@@ -271,13 +274,14 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
         for split, x, y, w in (("train", x_train, labels, subset), ("test", x_test, y_test, None)):
             values = evaluate(forward, template, objective, p, buffers, x, y, w, cfg.eval_chunk, split)
             for k, v in values.items():
-                metrics.setdefault(f"{split}_{k}", []).append(v.numpy().copy())
-        snapshots.append(to_flat(p, buffers, layout).detach().numpy().copy())
+                metrics.setdefault(f"{split}_{k}", []).append(v.float().cpu().numpy().copy())
+        snapshots.append(to_flat(p, buffers, layout).detach().float().cpu().numpy().copy())
 
     checkpoints = set(cfg.checkpoint_steps)
     if 0 in checkpoints:
         checkpoint()
-    rows = torch.arange(m).unsqueeze(1)
+    rows = torch.arange(m, device=device).unsqueeze(1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     for step in range(cfg.steps):
         idx = order[:, step]  # [M, B]
         xb = x_train[idx]
@@ -285,7 +289,8 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
             xb = augment_images(xb, flips[:, step], shifts[:, step])
         yb = labels[rows, idx]
         old_buffers = {k: v.clone() for k, v in buffers.items()} if has_buffers else None
-        loss = objective.batch_loss(forward, params, buffers, xb, yb)  # [M]
+        with autocast:
+            loss = objective.batch_loss(forward, params, buffers, xb, yb).float()  # [M]
         grad_flat.zero_()
         loss.sum().backward()
         with torch.no_grad():
@@ -328,7 +333,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
         checkpoint_steps=sorted(checkpoints),
         weights=np.stack(snapshots),
         metrics={k: np.stack(v) for k, v in metrics.items()},
-        status=["ok" if a else "diverged" for a in alive.tolist()],
-        diverged_step=diverged_step.numpy(),
+        status=["ok" if a else "diverged" for a in alive.cpu().tolist()],
+        diverged_step=diverged_step.cpu().numpy(),
         wall_time_s=time.perf_counter() - t0,
     )

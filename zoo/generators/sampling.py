@@ -63,8 +63,14 @@ def plan_models(spec: ZooSpec, sampler: str | None = None) -> list[ModelPlan]:
     return SAMPLERS[sampler or spec.phase.sampler](spec)
 
 
-def group_populations(plans: list[ModelPlan], max_population: int) -> list[PopulationPlan]:
-    """Models sharing shapes and step schedule train together, at most ``max_population`` each.
+def arch_key(config: dict) -> str:
+    return stable_hash({k: v for k, v in config.items() if k.startswith("arch.")})
+
+
+def group_populations(plans: list[ModelPlan], max_population: int,
+                      caps: dict[str, int] | None = None) -> list[PopulationPlan]:
+    """Models sharing shapes and step schedule train together, at most ``max_population`` each
+    (or the per-architecture cap in ``caps``, keyed by ``arch_key``, from the memory budget).
 
     Whole cells stay in one population where they fit, so same-cell pair metrics (barriers,
     CKA, matching) are computed inside the job that trained the models.
@@ -75,14 +81,16 @@ def group_populations(plans: list[ModelPlan], max_population: int) -> list[Popul
         groups.setdefault(key, {}).setdefault(p.cell_id, []).append(p)
     pops = []
     for cells in groups.values():
+        first = next(iter(cells.values()))[0]
+        limit = min(max_population, (caps or {}).get(arch_key(first.config), max_population))
         chunk: list[ModelPlan] = []
         for cell in cells.values():
             while cell:
-                if chunk and len(chunk) + len(cell) > max_population:
+                if chunk and len(chunk) + len(cell) > limit:
                     pops.append(_population(chunk))
                     chunk = []
-                take = cell[:max_population]
-                cell = cell[max_population:]
+                take = cell[:limit]
+                cell = cell[limit:]
                 chunk += take
         if chunk:
             pops.append(_population(chunk))
