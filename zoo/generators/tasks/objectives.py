@@ -22,10 +22,12 @@ def cross_entropy_per_model(logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean over samples, summed in float64 so the result does not depend on the thread count."""
+    v = values.double()
     if weight is None:
-        return values.mean(1)
-    w = weight.to(values.dtype)
-    return (values * w).sum(1) / w.sum(1)
+        return v.mean(1).to(values.dtype)
+    w = weight.double()
+    return ((v * w).sum(1) / w.sum(1)).to(values.dtype)
 
 
 class Classification:
@@ -94,7 +96,8 @@ class Convection:
     def reduce(self, per_sample, weight, split):
         out = {"loss": _weighted_mean(per_sample["loss"], weight)}
         if split == "test":  # training points are collocation points: no reference solution there
-            out["rel_l2"] = (per_sample["sq_err"].sum(1) / per_sample["sq_ref"].sum(1)).sqrt()
+            err, ref = per_sample["sq_err"].double().sum(1), per_sample["sq_ref"].double().sum(1)
+            out["rel_l2"] = (err / ref).sqrt().to(per_sample["sq_err"].dtype)
         return out
 
 
