@@ -269,13 +269,21 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
 
     snapshots, metrics = [], {}
 
+    # On the CPU, metrics are computed in float64 and rounded to float32, so they do not depend on
+    # how many threads the GEMMs used (a worker's thread count varies with the backend and --jobs).
+    eval_dtype = torch.float64 if device.type == "cpu" and cfg.dtype == torch.float32 else cfg.dtype
+
+    def cast(t):
+        return t.to(eval_dtype) if t.is_floating_point() else t
+
     def checkpoint():
-        p = {k: v.detach() for k, v in params.items()}
+        p = {k: cast(v.detach()) for k, v in params.items()}
+        b = {k: cast(v) for k, v in buffers.items()}
         for split, x, y, w in (("train", x_train, labels, subset), ("test", x_test, y_test, None)):
-            values = evaluate(forward, template, objective, p, buffers, x, y, w, cfg.eval_chunk, split)
+            values = evaluate(forward, template, objective, p, b, cast(x), cast(y), w, cfg.eval_chunk, split)
             for k, v in values.items():
                 metrics.setdefault(f"{split}_{k}", []).append(v.float().cpu().numpy().copy())
-        snapshots.append(to_flat(p, buffers, layout).detach().float().cpu().numpy().copy())
+        snapshots.append(to_flat(params, buffers, layout).detach().float().cpu().numpy().copy())
 
     checkpoints = set(cfg.checkpoint_steps)
     if 0 in checkpoints:

@@ -14,7 +14,8 @@ kernel additionally fuses the activation (saving a read+write of the [M, B, out]
 layer, i.e. half the layer's memory traffic) and the cross-entropy kernel fuses
 log-softmax + gather + mean (one read of the logits instead of ~4 passes, and no [M, B, C]
 log-probability tensor kept for backward: only the per-row logsumexp, [M, B]). Expect gains only
-on a GPU and only for small layers; with width >= 512 the GEMM dominates and cuBLAS wins or ties.
+on a GPU and only for small layers; with width >= 512 the GEMM dominates and cuBLAS should win or
+tie (reasoning, not yet measured on a GPU: benchmarks/kernels.py reports it when CUDA is present).
 
 Gradients: ``PopulationLinear`` backward uses torch.bmm (dx = g W, dW = g^T x, db = sum_b g with
 g masked by y > 0 for relu); ``PopulationCrossEntropy`` backward is a Triton kernel

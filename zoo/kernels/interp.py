@@ -16,13 +16,14 @@ the epilogue.
 
 When it pays: the GEMM costs 2·P·T·N·in·out FLOPs. The reference adds a pass that reads K·P·out·in
 and writes P·T·out·in weights (then reads them again in the GEMM) plus one extra pass over y for
-bias and activation (the bias is fused by baddbmm, the relu is not). For 64 pairs x 11 points x
-width 64 that is ~12 MB of weights written and read against 5.8 GFLOP — the kernel saves the
-weight round trip and the activation pass (memory-bound work, ~20-40 % of the reference time on a
-GPU at N=1000), and much more when N is small (few probe samples per point, where the weight
-round-trip dominates). The price is re-mixing the anchors in every row tile: K·in·out FMAs per
-(BM rows), i.e. a K/BM fraction of the GEMM, negligible. On CPU there is no Triton: the reference
-runs.
+the relu (baddbmm fuses the bias, not the activation). For 64 pairs x 11 points x width 64 that is
+~12 MB of weights written and read, and 2 x 180 MB of y read and written by the relu, against
+5.8 GFLOP at N=1000: on a GPU the relu pass alone is comparable to the GEMM time at these small
+widths, so fusing it is the main saving; the weight round trip matters most when N is small (few
+probe samples per point), where it is of the same size as x itself. The price is re-mixing the
+anchors in every row tile: K·in·out FMAs per BM rows, a K/BM fraction of the GEMM. Not measured on
+a GPU yet (benchmarks/kernels.py reports it when CUDA is present); on CPU there is no Triton and
+the reference runs (64x11x1000x64: 0.32 s on one core of the dev machine).
 
 Gradients: ``InterpLinear`` (autograd.Function) runs the kernel forward and a plain-torch backward
 that never materialises W(t) either (K batched GEMMs over the anchors); it returns gradients for
