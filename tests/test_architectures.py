@@ -8,13 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from vision_files import write_cifar, write_mnist_like, write_svhn, write_tinyimagenet
 
 from zoo.functional import layout_of, load_flat, population_forward, stack_states
 from zoo.generators.architectures import build_for_task, build_model
 from zoo.generators.population import Member, TrainConfig, train_population
 from zoo.generators.tasks import DatasetMissing, load_task
-
-from vision_files import write_cifar, write_mnist_like, write_svhn, write_tinyimagenet
 
 CASES = {  # family: (task, task options, arch fields, optimizer, lr)
     "mlp": ("mnist1d", {}, {"width": 16, "depth": 2, "activation": "relu"}, "sgd", 0.05),

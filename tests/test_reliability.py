@@ -1,6 +1,7 @@
 """Faults survived: killed workers, killed builds, a full disk, two builds on one folder, Dask."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -61,11 +62,11 @@ def test_worker_killed_mid_population_is_retried(tmp_path, reference, monkeypatc
     flag = tmp_path / "killed-once"
     original = build_mod.run_population
 
-    def dying(pop, data, shard, threads, device="cpu", precision="fp32"):
+    def dying(pop, data, shard, threads, device="cpu", precision="fp32", **kw):
         if not flag.exists():
             flag.write_text("x")
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(pop, data, shard, threads, device, precision)
+        return original(pop, data, shard, threads, device, precision, **kw)
 
     monkeypatch.setattr(build_mod, "run_population", dying)
     spec = load_spec("smoke", ["build.max_population=1", "train.steps=300"])
@@ -119,7 +120,7 @@ def test_stale_claims_expire(tmp_path):
     time.sleep(0.7)
     assert b.acquire("p1")  # expired: taken over
     c = Claims(tmp_path / "other", ttl=60)
-    (tmp_path / "other" / "p2.claim").write_text('{"host": "%s", "pid": 999999999}' % c.owner["host"])
+    (tmp_path / "other" / "p2.claim").write_text(json.dumps({"host": c.owner["host"], "pid": 999999999}))
     assert c.acquire("p2")  # same host, owner process gone
 
 

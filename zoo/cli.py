@@ -143,11 +143,25 @@ def _cmd_export(args) -> int:
     return cmd_export(args)
 
 
+def _cmd_metrics(args) -> int:
+    from .datasets.update import cmd_metrics
+
+    return cmd_metrics(args)
+
+
+def _cmd_plot(args) -> int:
+    from .plots import cmd_plot
+
+    return cmd_plot(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zoo", description="Model zoos across loss-landscape phases.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     b = sub.add_parser("build", help="train a zoo and publish it")
-    b.add_argument("--phase", choices=["grid"], help="phase sampler (overrides the preset's)")
+    b.add_argument("--phase", choices=["grid", "adaptive"],
+                   help="phase sampler: the full grid, or coarse grid + refinement near phase boundaries "
+                        "until phase.budget models (overrides the preset's)")
     b.add_argument("--preset", default="default", help="preset name or path to a .toml spec")
     b.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: ./zoo-out)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -179,6 +193,18 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=["parquet", "hdf5", "npz"])
     e.add_argument("--out", required=True, help="output folder (npz, parquet) or .h5 file (hdf5)")
     e.set_defaults(func=_cmd_export)
+    m = sub.add_parser("metrics", help="add or recompute metrics on a published zoo without retraining")
+    m.add_argument("family", choices=["spectral", "lmc", "landscape", "all"],
+                   help="spectral: layers.parquet + spectral.*; lmc: aligned barriers in pairs.parquet; "
+                        "landscape: Hessian, connectivity, CKA")
+    m.add_argument("dir")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a metrics field, e.g. --set metrics.hessian_max_iter=50")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=_cmd_metrics)
+    pl = sub.add_parser("plot", help="draw phase diagrams of a published zoo into DIR/plots/")
+    pl.add_argument("dir")
+    pl.set_defaults(func=_cmd_plot)
     return p
 
 

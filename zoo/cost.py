@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from torch.utils.flop_counter import FlopCounterMode
 
 from .generators.architectures import build_for_task

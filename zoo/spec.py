@@ -30,7 +30,8 @@ ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "uniform", "normal")
-SAMPLERS = ("grid",)
+SAMPLERS = ("grid", "adaptive")
+LMC_MODES = ("none", "weight", "all")  # aligned barriers in the build: off, weight matching, every alignment
 # Fields that may differ between the models of one population (held as per-model tensors).
 PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.label_noise",
                   "task.train_fraction", "task.augment")
@@ -91,6 +92,36 @@ class PhaseSpec:
     sampler: str = "grid"
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     axes: list = field(default_factory=list)
+    # adaptive sampler: a coarse grid (every ``coarse_stride``-th axis value), then rounds that add
+    # the most disputed unvisited cells until ``budget`` models are trained (0 = the full grid's size / 2)
+    budget: int = 0
+    coarse_stride: int = 2
+    refine_metric: str = "test_acc"
+
+
+@dataclass
+class MetricsSpec:
+    """What the measure step computes after training (defaults: the reference zoo's protocol, scaled
+    so the default build stays within its 5-minute budget; see README "Metrics")."""
+
+    hessian: bool = True
+    hessian_batches: int = 10  # reference zoo: 10 batches x 64 training samples
+    hessian_batch_size: int = 64
+    hessian_max_iter: int = 100  # power iteration / Hutchinson, relative tolerance hessian_tol
+    hessian_tol: float = 1e-3
+    hessian_top_k: int = 1
+    hessian_density: bool = False  # stochastic Lanczos quadrature summary
+    spectral: bool = True
+    spectral_checkpoints: str = "final"  # final | all
+    farms: bool = True
+    connectivity: bool = True  # linear paths between same-cell pairs
+    curve_points: int = 11
+    bezier_steps: int = 100  # training steps of the Bezier bend per pair (0: no Bezier mc)
+    bezier_lr: float = 0.0  # 0: the cell's own training lr
+    cka: bool = True
+    probe_size: int = 512  # fixed test-set probe batch for CKA, activation matching, BN reset
+    lmc: str = "none"  # aligned barriers in the build: none | weight | all
+    thresholds: dict = field(default_factory=dict)  # phase-rule overrides (zoo.metrics.phases.PhaseThresholds)
 
 
 @dataclass
@@ -102,7 +133,7 @@ class BuildSpec:
 
 
 SECTIONS = {"task": TaskSpec, "arch": ArchSpec, "train": TrainSpec, "phase": PhaseSpec,
-            "build": BuildSpec}
+            "metrics": MetricsSpec, "build": BuildSpec}
 
 
 @dataclass
@@ -113,6 +144,7 @@ class ZooSpec:
     arch: ArchSpec = field(default_factory=ArchSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     phase: PhaseSpec = field(default_factory=PhaseSpec)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
     build: BuildSpec = field(default_factory=BuildSpec)
 
     def to_dict(self) -> dict:
@@ -148,7 +180,7 @@ def _check_type(where: str, value: Any, expected: type) -> Any:
 
 
 def _field_types(cls) -> dict[str, type]:
-    hints = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
+    hints = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
     return {f.name: hints[str(f.type)] for f in fields(cls)}
 
 
@@ -215,6 +247,10 @@ def _validate_values(spec: ZooSpec) -> None:
     _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
     _choice("train.schedule", tr.schedule, SCHEDULES)
     _choice("phase.sampler", spec.phase.sampler, SAMPLERS)
+    _validate_metrics(spec.metrics)
+    if spec.phase.budget < 0 or spec.phase.coarse_stride < 1:
+        raise SpecError(f"phase.budget must be >= 0 and phase.coarse_stride >= 1, got "
+                        f"{spec.phase.budget!r}, {spec.phase.coarse_stride!r}")
     for where, v in [("task.n_train", t.n_train), ("task.n_test", t.n_test), ("arch.width", a.width),
                      ("arch.depth", a.depth), ("train.steps", tr.steps),
                      ("train.batch_size", tr.batch_size), ("train.lr", tr.lr),
@@ -245,6 +281,28 @@ def _validate_values(spec: ZooSpec) -> None:
     if len(b.split) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in b.split) \
             or abs(sum(b.split) - 1) > 1e-6:
         raise SpecError(f"build.split must be three non-negative fractions summing to 1, got {b.split!r}")
+
+
+def _validate_metrics(m: MetricsSpec) -> None:
+    _choice("metrics.spectral_checkpoints", m.spectral_checkpoints, ("final", "all"))
+    _choice("metrics.lmc", m.lmc, LMC_MODES)
+    for where, v in [("metrics.hessian_batches", m.hessian_batches), ("metrics.hessian_batch_size",
+                     m.hessian_batch_size), ("metrics.hessian_max_iter", m.hessian_max_iter),
+                     ("metrics.hessian_tol", m.hessian_tol), ("metrics.hessian_top_k", m.hessian_top_k),
+                     ("metrics.probe_size", m.probe_size)]:
+        _positive(where, v)
+    if m.curve_points < 3:
+        raise SpecError(f"metrics.curve_points must be >= 3 (endpoints and a midpoint), got {m.curve_points!r}")
+    if m.bezier_steps < 0 or m.bezier_lr < 0:
+        raise SpecError("metrics.bezier_steps and metrics.bezier_lr must be >= 0")
+    if not m.thresholds:
+        return
+    from .metrics.phases import PhaseThresholds  # the rule's own fields are the allowed keys
+
+    allowed = [f.name for f in fields(PhaseThresholds)]
+    for key in m.thresholds:
+        if key not in allowed:
+            raise SpecError(f"metrics.thresholds.{key} is not a phase threshold; allowed: {', '.join(allowed)}")
 
 
 def _check_arch_fits_task(spec: ZooSpec) -> None:

@@ -23,7 +23,42 @@ COLUMNS = {
     "test_loss / test_acc": "final mean cross-entropy / accuracy on the clean test set",
     "ggap": "generalization gap: train_acc - test_acc",
     "wall_time_s": "population wall time divided by its number of models (seconds)",
+    "hessian.top_eig / hessian.trace": "top eigenvalue (power iteration) and trace (Hutchinson, "
+                                       "Rademacher probes) of the training-loss Hessian at the final weights, "
+                                       "on the first metrics.hessian_batches x hessian_batch_size training samples",
+    "hessian.*_iters / *_converged": "iterations used and whether the relative tolerance was met",
+    "spectral.<metric>_mean": "mean over layers of a per-layer spectral metric of layers.parquet "
+                              "(alpha, alpha_weighted, log_norm, stable_rank, farms_alpha, ...)",
+    "connectivity.mc": "mean Bezier mode connectivity (train loss) over the model's same-cell pairs; "
+                       "negative = barrier (sign convention below)",
+    "connectivity.barrier": "mean naive linear-path barrier (max variant, train loss) over its same-cell pairs",
+    "similarity.cka": "mean linear CKA of logits on the probe batch over its same-cell pairs",
+    "phase / cell_phase": "Yang et al. (2021) phase (I, II, III, IV-A, IV-B) of the model / of its cell; "
+                          "thresholds in zoo.json `phase_thresholds`",
+    "metrics_note": "why landscape or spectral metrics are missing (NaN) for this model, empty if none",
 }
+
+PAIRS = [
+    "- `pairs.parquet`: one row per (model_a, model_b, alignment) of same-cell pairs. `alignment`: `none` "
+    "(the raw pair), `weight` / `activation` (B permuted onto A by weight or activation matching), "
+    "`weight+repair` (matching, then REPAIR statistics correction of the interpolated networks).",
+    "  Barrier columns `barrier_<variant>.<split>.<metric>` with variant `max` = max_t v(t) - (v(0)+v(1))/2, "
+    "`lin` = max_t [v(t) - ((1-t) v(0) + t v(1))], `mid` = v(1/2) - (v(0)+v(1))/2, on split train/test and "
+    "metric loss/err (err = 1 - accuracy); positive = a barrier. `curve.<split>.<metric>`: the values at the "
+    "interpolation points (t evenly spaced in [0, 1]).",
+    "  `mc.<split>.<metric>`: Bezier-curve mode connectivity, mc = (v(0)+v(1))/2 - v(t*) at the curve "
+    "point t* of largest |v(t) - (v(0)+v(1))/2|. This is the reference zoo's convention (Yang et al. 2021, "
+    "Schurholt et al. 2025): mc < 0 means a barrier, mc > 0 a curve below its endpoints, mc near 0 "
+    "well connected. BatchNorm statistics are re-estimated at every evaluated point.",
+    "  `cka.logits` / `cka.penultimate`: linear CKA of the two models' representations on a fixed probe batch. "
+    "`perm.<name>`: the permutation applied to model_b (git-re-basin convention perm[i] = j: unit i of "
+    "the aligned B is unit j of B), so the aligned model can be rebuilt with "
+    "`zoo.metrics.matching.apply_permutation`.",
+    "- `layers.parquet`: one row per (model_id, step, layer) with the layer's spectral metrics "
+    "(ESD power-law alpha, xmin, KS distance, FARMS alpha, norms, ranks).",
+    "- `plots/*.png`: phase diagrams (capacity x temperature heat maps of test accuracy, log Hessian trace, "
+    "mc, CKA and the phase label).",
+]
 
 
 def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict]) -> str:
@@ -69,7 +104,8 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict]) -
         "(offsets in the flat vector), `layer_idx`, `role`, `layer_type`, `activation_after`.",
         "- `zoo.h5`: `/weights/<arch_id>` final weights [N, P], `/checkpoints/<arch_id>` [N, K, P], "
         "`/index/<arch_id>` model ids (row order), `/layout/*` mirroring layout.parquet.",
-        "- `zoo.json`: the spec as run, versions, and the sha256 of every file.",
+        "- `zoo.json`: the spec as run, versions, phase thresholds used, and the sha256 of every file.",
+        *PAIRS,
         "",
         "Flat weight order is the PyTorch `state_dict` order (floating-point entries only; "
         "BatchNorm's integer `num_batches_tracked` is left out), each tensor C-order.",

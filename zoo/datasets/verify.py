@@ -25,8 +25,8 @@ REQUIRED = {
     "layout.parquet": ["arch_id", "name", "shape", "start", "end", "layer_idx", "role", "layer_type",
                        "trainable"],
     "checkpoints": ["model_id", "arch_id", "step", "weights"],
-    "layers.parquet": ["model_id"],
-    "pairs.parquet": ["model_a", "model_b"],
+    "layers.parquet": ["model_id", "step", "layer"],
+    "pairs.parquet": ["model_a", "model_b", "cell_id", "alignment"],
 }
 
 

@@ -67,17 +67,18 @@ def _activation_after(rows: list[dict], spec: ZooSpec) -> None:
 
 
 def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), device: str = "cpu",
-            precision: str = "fp32") -> None:
+            precision: str = "fp32", n_classes: int | None = None) -> None:
     """Write the dataset from the shards (``shards`` maps model_id -> its shard), in plan order.
 
     ``population_id`` is the model's population in this build's grouping of the whole plan, so a
     resumed build (which retrains only unfinished models) publishes the same ids.
     """
-    from ..generators.build import read_shard
+    from ..generators.build import read_shard, shard_table
 
     population_of = {m.model_id: pop.population_id for pop in pops for m in pop.members}
     splits = assign_splits([p.model_id for p in plans], spec.build.split, spec.build.split_seed)
     models, ckpt_rows, layouts, weights_by_arch = [], {}, {}, {}
+    tables: dict[str, list[pd.DataFrame]] = {"pairs": [], "layers": []}
     cache: dict[Path, tuple] = {}
     for p in plans:
         path = shards[p.model_id]
@@ -85,6 +86,8 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
             cache.clear()  # one shard in memory at a time: plans are grouped like populations
             meta, arrays = read_shard(path)
             cache[path] = (meta, arrays, {m: i for i, m in enumerate(meta["model_ids"])})
+            for name, parts in tables.items():
+                parts.append(shard_table(arrays, name))
         meta, arrays, index = cache[path]
         steps = meta["checkpoint_steps"]
         w = arrays["weights"]  # [K, M, P]
@@ -92,7 +95,8 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
             aid = arch_id(p.config)
             layouts.setdefault(aid, meta["layout"])
             final = {k[7:]: float(v[-1, i]) for k, v in arrays.items() if k.startswith("metric/")}
-            row = {"model_id": mid, "cell_id": p.cell_id, "population_id": population_of.get(mid, meta["population_id"]),
+            row = {"model_id": mid, "cell_id": p.cell_id,
+                   "population_id": population_of.get(mid, meta["population_id"]),
                    "arch_id": aid, "task": p.config["task.name"], "seed": p.seed,
                    **{f"config.{k}": v for k, v in p.config.items()},
                    "split": splits[mid], "status": meta["status"][i],
@@ -100,6 +104,9 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
                    "n_params": sum(t["end"] - t["start"] for t in meta["layout"] if t["trainable"]),
                    **final, "ggap": final["train_acc"] - final["test_acc"],
                    "wall_time_s": meta["wall_time_s"] / len(meta["model_ids"])}
+            row.update({k[13:]: float(v[i]) for k, v in arrays.items() if k.startswith("model_metric/")})
+            if "metrics_notes" in meta:
+                row["metrics_note"] = meta["metrics_notes"][i]
             models.append(row)
             samples_seen = p.config["train.batch_size"] / (p.config["task.n_train"]
                                                           * p.config["task.train_fraction"])
@@ -111,7 +118,18 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
             weights_by_arch.setdefault(aid, []).append((mid, w[:, i]))
 
     models_df = pd.DataFrame(models)
+    extra = {"device": device, "precision": precision}
+    if "train_acc" in models_df and n_classes:  # phase labels are defined for classification zoos
+        from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
+
+        thresholds = PhaseThresholds(**spec.metrics.thresholds)
+        models_df = models_df.join(assign_phases(models_df, thresholds, n_classes=n_classes))
+        extra["phase_thresholds"] = resolve_thresholds(models_df, thresholds, n_classes)
     _write_parquet(out / "models.parquet", pa.Table.from_pandas(models_df, preserve_index=False))
+    ids = set(models_df["model_id"])
+    for name, parts in tables.items():
+        write_table(out, name, pd.concat([t for t in parts if len(t)], ignore_index=True)
+                    if any(len(t) for t in parts) else pd.DataFrame(), keep=ids)
 
     layout_rows = []
     for aid, lay in layouts.items():
@@ -123,7 +141,23 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
     atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows).encode())
-    write_manifest(out, spec, {"device": device, "precision": precision})
+    if "phase" in models_df:
+        from ..plots import phase_diagrams
+
+        phase_diagrams(models_df, out / "plots")
+    write_manifest(out, spec, extra)
+
+
+def write_table(out: Path, name: str, table: pd.DataFrame, keep: set[str] | None = None) -> None:
+    """pairs.parquet / layers.parquet: rows of the published models only; no file if empty."""
+    path = out / f"{name}.parquet"
+    if keep is not None and len(table):
+        id_cols = [c for c in ("model_id", "model_a", "model_b") if c in table]
+        table = table[np.logical_and.reduce([table[c].isin(keep) for c in id_cols])]
+    if not len(table):
+        path.unlink(missing_ok=True)
+        return
+    _write_parquet(path, pa.Table.from_pandas(table.reset_index(drop=True), preserve_index=False))
 
 
 def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:

@@ -15,14 +15,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from ..io import atomic_path, atomic_write_bytes
-from ..spec import ZooSpec, stable_hash
+from ..metrics.measure import measure_population
+from ..spec import MetricsSpec, ZooSpec, stable_hash
+from .adaptive import adaptive_plans
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
 from .sampling import PopulationPlan, arch_key, group_populations, plan_models
 from .tasks import DatasetMissing, TaskData, load_task
+from .tasks.objectives import objective_for
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
 SCHEMA_VERSION = 1
@@ -48,8 +54,8 @@ def spec_fingerprint(spec: ZooSpec) -> str:
 # ---------------------------------------------------------------- one population
 
 def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: int | None,
-                   device: str = "cpu", precision: str = "fp32") -> dict:
-    """Train one population and write its shard atomically. Runs inside a worker."""
+                   device: str = "cpu", precision: str = "fp32", metrics: MetricsSpec | None = None) -> dict:
+    """Train one population, measure it, and write its shard atomically. Runs inside a worker."""
     if threads:
         torch.set_num_threads(threads)
     cfg = pop.members[0].config
@@ -65,20 +71,47 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
                             optimizer=cfg["train.optimizer"], schedule=cfg["train.schedule"],
                             device=device, precision=precision)
     result = train_population(build, members, data, train_cfg)
+    measured = None
+    if metrics is not None:
+        measured = measure_population(build(), objective_for(data), data, result.weights, result.checkpoint_steps,
+                                      result.layout, result.model_ids, [p.cell_id for p in pop.members],
+                                      result.status, metrics, lr=[m.lr for m in members],
+                                      optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
     try:
-        write_shard(shard, pop, result)
+        write_shard(shard, pop, result, measured)
     except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind
         raise BuildError(f"could not write shard {shard}: {e.strerror or e}; free space and rerun to resume") from None
     return {"population_id": pop.population_id, "models": len(members), "wall_time_s": result.wall_time_s}
 
 
-def write_shard(path: Path, pop: PopulationPlan, result) -> None:
+def _table_bytes(df: pd.DataFrame) -> np.ndarray:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8)
+
+
+def shard_table(arrays: dict[str, np.ndarray], name: str) -> pd.DataFrame:
+    """A table (pairs, layers) stored in a shard; empty if the shard has none."""
+    blob = arrays.get(f"table/{name}")
+    if blob is None or not blob.size:
+        return pd.DataFrame()
+    return pq.read_table(pa.BufferReader(blob.tobytes())).to_pandas()
+
+
+def write_shard(path: Path, pop: PopulationPlan, result, measured=None) -> None:
     meta = {"population_id": pop.population_id, "model_ids": result.model_ids,
             "checkpoint_steps": result.checkpoint_steps, "status": result.status,
             "wall_time_s": result.wall_time_s,
             "layout": [vars(t) for t in result.layout.tensors]}
     arrays = {"weights": result.weights.astype(np.float32), "diverged_step": result.diverged_step,
               **{f"metric/{k}": v for k, v in result.metrics.items()}}
+    if measured is not None:
+        meta["metrics_notes"] = measured.notes
+        arrays.update({f"model_metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_model.items()})
+        for name in ("pairs", "layers"):
+            table = getattr(measured, name)
+            if len(table):
+                arrays[f"table/{name}"] = _table_bytes(table)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -96,6 +129,36 @@ def read_shard(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------- the whole build
+
+def cell_summary(spec: ZooSpec, plans, shards: dict[str, Path], n_classes: int | None) -> dict[str, tuple]:
+    """{cell_id: (mean refine metric, phase label)} of trained plans: what the adaptive sampler reads."""
+    rows, cache = [], {}
+    for p in plans:
+        path = shards[p.model_id]
+        if path not in cache:
+            cache.clear()
+            meta, arrays = read_shard(path)
+            cache[path] = (arrays, {m: i for i, m in enumerate(meta["model_ids"])})
+        arrays, index = cache[path]
+        i = index[p.model_id]
+        row = {"model_id": p.model_id, "cell_id": p.cell_id, **{f"config.{k}": v for k, v in p.config.items()}}
+        row.update({k[7:]: float(v[-1, i]) for k, v in arrays.items() if k.startswith("metric/")})
+        row.update({k[13:]: float(v[i]) for k, v in arrays.items() if k.startswith("model_metric/")})
+        rows.append(row)
+    models = pd.DataFrame(rows)
+    labels = pd.Series("", index=models.index)
+    if n_classes and "train_loss" in models:
+        from ..metrics.phases import PhaseThresholds, assign_phases
+
+        labels = assign_phases(models, PhaseThresholds(**spec.metrics.thresholds), n_classes)["cell_phase"]
+    metric = spec.phase.refine_metric
+    if metric not in models:
+        raise BuildError(f"phase.refine_metric={metric!r} is not a model metric; choose one of: "
+                         + ", ".join(c for c in models.columns if not c.startswith("config.")))
+    models["_label"] = labels
+    groups = models.groupby("cell_id")
+    return {c: (float(g[metric].mean()), str(g["_label"].iloc[0])) for c, g in groups}
+
 
 TASK_OPTIONS = ("modulus", "operation", "input_dim", "beta", "download")
 
@@ -220,21 +283,19 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     from .claims import Claims
 
     out = Path(out)
-    plans = plan_models(spec)
     data = load_spec_task(spec, data_root)  # before touching the output folder
-    caps = population_cap(spec, plans, max_memory if max_memory is not None else default_max_memory(device))
-    pops = group_populations(plans, spec.build.max_population, caps)
     prepare_output(out, spec)
     claims = Claims(out / STATE_DIR / "claims", ttl=claim_ttl)
-    done = scan_shards(out, repair)
-    bar = tqdm(total=len(plans), initial=sum(p.model_id in done for p in plans), unit="model",
-               desc=f"zoo {spec.name}", disable=not progress, dynamic_ncols=True)
-    failures: dict[str, int] = {}
-    with claims.heartbeat():
-        while True:
-            todo = pending_populations(pops, done)
-            if not todo:
-                break
+    budget = max_memory if max_memory is not None else default_max_memory(device)
+
+    def train(plans: list) -> dict[str, Path]:
+        """Train and measure every plan not yet in a shard; returns model_id -> shard."""
+        pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
+        done = scan_shards(out, repair)
+        bar = tqdm(total=len(plans), initial=sum(p.model_id in done for p in plans), unit="model",
+                   desc=f"zoo {spec.name}", disable=not progress, dynamic_ncols=True)
+        failures: dict[str, int] = {}
+        while todo := pending_populations(pops, done):
             mine = [p for p in todo if claims.acquire(p.population_id)]
             if not mine:  # everything left is being trained by another live build: wait for it
                 time.sleep(min(5.0, claim_ttl / 10))
@@ -242,7 +303,8 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 continue
             workers = max(1, min(jobs, len(mine)))
             threads = max(1, (os.cpu_count() or 1) // workers) if backend == "loky" else None
-            tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision) for p in mine)
+            tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision,
+                                             metrics=spec.metrics) for p in mine)
             try:
                 with parallel_config(backend=backend, n_jobs=workers):
                     for info in Parallel(return_as="generator_unordered")(tasks):
@@ -260,7 +322,17 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 for p in mine:
                     claims.release(p.population_id)
             done = scan_shards(out, repair)
-    bar.close()
+        bar.close()
+        return done
+
+    n_classes = data.n_classes if data.kind == "classification" else None
+    with claims.heartbeat():
+        if spec.phase.sampler == "adaptive":
+            plans = adaptive_plans(spec, train, lambda ps: cell_summary(spec, ps, scan_shards(out, repair), n_classes))
+        else:
+            plans = plan_models(spec)
+        done = train(plans)
+    pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
     with claims.exclusive("publish"):
-        publish(out, spec, plans, done, pops, device=device, precision=precision)
+        publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes)
     return out

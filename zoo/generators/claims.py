@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -48,10 +48,8 @@ class Claims:
             except FileExistsError:
                 if not self._stale(path):
                     return False
-                try:  # take over a stale claim: remove it, then race for it like everyone else
+                with suppress(FileNotFoundError):  # take over a stale claim, then race for it like everyone else
                     path.unlink()
-                except FileNotFoundError:
-                    pass
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(self.owner, f)
@@ -65,10 +63,8 @@ class Claims:
             if name not in self.held:
                 return
             self.held.discard(name)
-        try:
+        with suppress(FileNotFoundError):
             self._path(name).unlink()
-        except FileNotFoundError:
-            pass
 
     @contextmanager
     def heartbeat(self, every: float | None = None):
@@ -81,10 +77,8 @@ class Claims:
                 with self._lock:
                     names = list(self.held)
                 for n in names:
-                    try:
+                    with suppress(FileNotFoundError):
                         os.utime(self._path(n))
-                    except FileNotFoundError:
-                        pass
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()

@@ -20,11 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional import Layout, layout_of, population_forward, stack_states, to_flat
+from ..functional import (  # noqa: F401
+    ELEMENTWISE,
+    Layout,
+    evaluate,
+    layout_of,
+    make_forward,
+    population_forward,
+    stack_states,
+    to_flat,
+)
 from .tasks import TaskData
 from .tasks.objectives import objective_for
-
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
 
 @dataclass
@@ -130,66 +137,6 @@ def augment_images(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor) -> 
     cols = torch.arange(w) + SHIFT + shift[..., 1:2]  # [M, B, W]
     padded = padded.gather(3, rows[:, :, None, :, None].expand(m, b, c, h, w + 2 * SHIFT))
     return padded.gather(4, cols[:, :, None, None, :].expand(m, b, c, h, w))
-
-
-def _is_plain_sequential(model: nn.Module) -> bool:
-    return isinstance(model, nn.Sequential) and all(
-        isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE)) for m in model)
-
-
-def make_forward(model: nn.Module):
-    """forward(params, buffers, x [M, B, ...]) -> outputs [M, B, ...] for a population.
-
-    Plain Linear/activation stacks use explicit batched matmuls (baddbmm), the fast path;
-    any other module goes through ``vmap(functional_call)``. Both give the same numbers.
-    """
-    if not _is_plain_sequential(model):
-        return lambda p, b, x: population_forward(model, p, b, x, shared_input=False)
-
-    steps = []
-    for name, m in model.named_children():
-        if isinstance(m, nn.Linear):
-            steps.append(("linear", f"{name}.weight", f"{name}.bias" if m.bias is not None else None))
-        elif isinstance(m, nn.Flatten):
-            steps.append(("flatten", None, None))
-        else:
-            steps.append(("act", m, None))
-
-    def forward(p, b, x):
-        h = x
-        for kind, a, bias in steps:
-            if kind == "linear":
-                w = p[a].transpose(1, 2)
-                h = torch.baddbmm(p[bias].unsqueeze(1), h, w) if bias else torch.bmm(h, w)
-            elif kind == "flatten":
-                h = h.flatten(2)
-            else:
-                h = a(h)
-        return h
-
-    return forward
-
-
-@torch.no_grad()
-def evaluate(forward, model: nn.Module, objective, params, buffers, x: torch.Tensor, y: torch.Tensor,
-             weight: torch.Tensor | None = None, chunk: int = 2048, split: str = "test") -> dict:
-    """Per-model metrics ({name: [M]}) on shared inputs x [N, ...] and targets y [N, ...] or [M, N, ...].
-
-    ``weight`` [M, N] restricts each model to its own samples (its training subset); it comes
-    with per-model targets y [M, N, ...] (labels differ per model under label noise).
-    """
-    was_training = model.training
-    model.eval()
-    m = next(iter(params.values())).shape[0]
-    parts: dict[str, list] = {}
-    for s in range(0, x.shape[0], chunk):
-        xb = x[s:s + chunk].unsqueeze(0).expand(m, *x[s:s + chunk].shape)
-        yb = y[:, s:s + chunk] if weight is not None else y[s:s + chunk].unsqueeze(0).expand(
-            m, *y[s:s + chunk].shape)
-        for k, v in objective.sample_metrics(forward, params, buffers, xb, yb).items():
-            parts.setdefault(k, []).append(v)
-    model.train(was_training)
-    return objective.reduce({k: torch.cat(v, 1) for k, v in parts.items()}, weight, split)
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.functional import population_forward
+from zoo.functional import make_forward
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -96,6 +96,7 @@ class PopulationHessian:
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                  batches: Batches, loss: Loss | None = None, chunk: int | None = None, cache: bool = True):
         self.model, self.loss, self.cache = model, loss or cross_entropy_per_sample, cache
+        self.forward = make_forward(model)  # batched matmuls for Linear stacks, vmap otherwise
         self.params = {k: v.detach() for k, v in params.items()}
         self.buffers = {k: v.detach() for k, v in buffers.items()}
         self.names = list(self.params)
@@ -130,7 +131,7 @@ class PopulationHessian:
         """(leaf params, grads with graph, per-model chunk loss) for models ``idx`` on one chunk."""
         p = {n: self.params[n][idx].requires_grad_() for n in self.names}
         b = {n: t[idx] for n, t in self.buffers.items()}
-        out = population_forward(self.model, p, b, x)
+        out = self.forward(p, b, x.expand(len(idx), *x.shape))
         losses = self.loss(out, y).sum(1) / self.n  # [m]: this chunk's share of the mean loss
         leaves = [p[n] for n in self.names]
         grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True, allow_unused=True)

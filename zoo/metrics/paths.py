@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..generators.population import evaluate, make_forward
+from ..functional import evaluate, make_forward
 
 Tensor = torch.Tensor
 

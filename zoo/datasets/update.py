@@ -1,0 +1,128 @@
+"""Add or recompute metrics on a published zoo without retraining (`zoo metrics FAMILY DIR`).
+
+Reads the stored checkpoints, runs the same measure step as the build on cell-complete chunks of
+models, merges the results into models.parquet / pairs.parquet / layers.parquet (new values win,
+other columns and rows are kept), re-labels phases, and rewrites zoo.json's checksums last. Each
+file is replaced atomically; an interrupted update leaves the old zoo.json, so `zoo verify` names
+any table that changed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ..spec import MetricsSpec, SpecError, apply_overrides, spec_from_dict
+from .reader import DatasetError, load
+from .writer import _write_parquet, write_manifest, write_table
+
+FAMILIES = {
+    "spectral": dict(hessian=False, connectivity=False, cka=False, lmc="none"),
+    "lmc": dict(hessian=False, spectral=False, connectivity=False, cka=False, lmc="all"),
+    "landscape": dict(spectral=False, lmc="none"),
+    "all": dict(lmc="all"),
+}
+PAIR_KEYS = ["model_a", "model_b", "alignment"]
+
+
+def _merge(old: pd.DataFrame | None, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows of ``new`` replace the same-key values of ``old``; everything else of ``old`` stays."""
+    if old is None or not len(old):
+        return new.reset_index(drop=True)
+    if not len(new):
+        return old
+    merged = new.set_index(keys).combine_first(old.set_index(keys))
+    return merged.reset_index()[list(dict.fromkeys([*keys, *old.columns, *new.columns]))]
+
+
+def _chunks(models: pd.DataFrame, size: int):
+    """Whole cells, at most ``size`` models a chunk (a larger cell is one chunk)."""
+    chunk: list[str] = []
+    for _, cell in models.groupby("cell_id", sort=False):
+        if chunk and len(chunk) + len(cell) > size:
+            yield chunk
+            chunk = []
+        chunk += cell["model_id"].tolist()
+    if chunk:
+        yield chunk
+
+
+def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progress: bool = True) -> dict:
+    """Measure ``family`` on every model of the zoo at ``root``; returns a small summary."""
+    from dataclasses import asdict
+
+    from ..generators.architectures import build_for_task
+    from ..generators.build import load_spec_task
+    from ..generators.tasks.objectives import objective_for
+    from ..metrics.measure import measure_population
+
+    zoo = load(root)
+    raw = apply_overrides(zoo.manifest["spec"], list(overrides))
+    spec = spec_from_dict(raw)
+    metrics = MetricsSpec(**{**asdict(spec.metrics), **FAMILIES[family]})
+    data = load_spec_task(spec)
+    per_model, pair_tables, layer_tables = [], [], []
+    for aid in zoo.arch_ids:
+        view = zoo.arch(aid)
+        cfg = view.config(view.model_ids[0])
+        build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
+        adapted = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
+        steps = view.steps(aid)
+        for ids in _chunks(view.models, spec.build.max_population):
+            rows = view.models.set_index("model_id").loc[ids]
+            weights = np.stack([view.weights(ids, step=s) for s in steps])  # [K, M, P]
+            measured = measure_population(
+                build(), objective_for(adapted), adapted, weights, steps, view.layout_of(aid), ids,
+                rows["cell_id"].tolist(), rows["status"].tolist(), metrics, lr=rows["config.train.lr"].tolist(),
+                optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
+            per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model}))
+            pair_tables.append(measured.pairs)
+            layer_tables.append(measured.layers)
+            if progress:
+                print(f"zoo metrics {family}: {len(ids)} models of {aid}", file=sys.stderr)
+
+    root = Path(root)
+    models = pd.read_parquet(root / "models.parquet")
+    new_cols = pd.concat(per_model, ignore_index=True).set_index("model_id")
+    models = models.drop(columns=[c for c in new_cols.columns if c in models] + ["phase", "cell_phase"],
+                         errors="ignore").join(new_cols, on="model_id")
+    manifest = zoo.manifest
+    extra = {k: manifest[k] for k in ("device", "precision") if k in manifest}
+    if "train_acc" in models and data.kind == "classification":
+        from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
+
+        thresholds = PhaseThresholds(**spec.metrics.thresholds)
+        models = models.join(assign_phases(models, thresholds, n_classes=data.n_classes))
+        extra["phase_thresholds"] = resolve_thresholds(models, thresholds, data.n_classes)
+
+    pairs = pd.concat([t for t in pair_tables if len(t)], ignore_index=True) if any(
+        len(t) for t in pair_tables) else pd.DataFrame()
+    layers = pd.concat([t for t in layer_tables if len(t)], ignore_index=True) if any(
+        len(t) for t in layer_tables) else pd.DataFrame()
+    write_table(root, "pairs", _merge(zoo._store.table("pairs"), pairs, PAIR_KEYS))
+    write_table(root, "layers", _merge(zoo._store.table("layers"), layers, ["model_id", "step", "layer"]))
+    _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
+    if "phase" in models:
+        from ..plots import phase_diagrams
+
+        phase_diagrams(models, root / "plots")
+    write_manifest(root, spec, extra)
+    return {"models": len(models), "pairs": len(pairs), "layers": len(layers)}
+
+
+def cmd_metrics(args) -> int:
+    from ..generators.build import BuildError
+
+    try:
+        summary = add_metrics(args.dir, args.family, args.set or [], progress=not args.quiet)
+    except (DatasetError, SpecError, BuildError) as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"added {args.family} metrics to {args.dir}: {summary['models']} models, "
+          f"{summary['pairs']} pair rows, {summary['layers']} layer rows")
+    return 0

@@ -1,0 +1,205 @@
+"""The measure step: every metric family for one trained population, batched over its models.
+
+A population holds whole cells (same config, different seeds), so every same-cell pair is inside
+it: connectivity, CKA and aligned LMC run here on stacked states, right after training, and land
+in the population's shard with the weights. A metric that cannot be computed for a model (it
+diverged, its task has no such metric) is NaN, and ``metrics_note`` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..functional import Layout, from_flat
+from ..spec import MetricsSpec
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Measured:
+    per_model: dict[str, np.ndarray] = field(default_factory=dict)  # column -> [M]
+    notes: list[str] = field(default_factory=list)  # per model: why metrics are missing ("" if none)
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (pair, alignment)
+    layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (model, step, layer)
+
+
+def same_cell_pairs(cell_ids: list[str], ok: np.ndarray) -> Tensor:
+    """[K, 2] index pairs (i < j) of healthy models sharing a cell, in population order."""
+    pairs = [(i, j) for i in range(len(cell_ids)) for j in range(i + 1, len(cell_ids))
+             if cell_ids[i] == cell_ids[j] and ok[i] and ok[j]]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def _subset(state: dict[str, Tensor], idx: np.ndarray) -> dict[str, Tensor]:
+    index = torch.as_tensor(idx, dtype=torch.long)
+    return {k: v.index_select(0, index) for k, v in state.items()}
+
+
+def _scatter(values: np.ndarray, idx: np.ndarray, m: int) -> np.ndarray:
+    out = np.full((m, *values.shape[1:]), np.nan, dtype=np.float64)
+    out[idx] = values
+    return out
+
+
+def _per_sample_loss(kind: str):
+    if kind == "classification":
+        return None  # the Hessian module's cross-entropy
+    return lambda out, y: (out - y).pow(2).flatten(2).mean(2)
+
+
+def hessian_columns(model: nn.Module, params, buffers, data, spec: MetricsSpec) -> dict[str, np.ndarray]:
+    """Top eigenvalue(s), trace and (optionally) SLQ summary on the first
+    hessian_batches x hessian_batch_size training samples."""
+    from .hessian import hessian_metrics
+
+    n = min(spec.hessian_batches * spec.hessian_batch_size, len(data.x_train))
+    x, y = torch.as_tensor(data.x_train[:n]), torch.as_tensor(data.y_train[:n])
+    batches = [(x[i:i + spec.hessian_batch_size], y[i:i + spec.hessian_batch_size])
+               for i in range(0, n, spec.hessian_batch_size)]
+    out = hessian_metrics(model, params, buffers, batches, top_k=spec.hessian_top_k,
+                          max_iter=spec.hessian_max_iter, tol=spec.hessian_tol, seed=0,
+                          density=spec.hessian_density, loss=_per_sample_loss(data.kind))
+    cols = {}
+    for k, v in out.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 1:
+            cols[k] = v
+        elif k == "hessian.top_eigs" and v.shape[1] > 1:
+            cols.update({f"hessian.eig_{i + 1}": v[:, i] for i in range(v.shape[1])})
+        elif k in ("hessian.eig_iters", "hessian.eig_converged"):
+            cols[k] = v[:, 0]
+    return cols
+
+
+def _splits(data) -> dict[str, tuple[Tensor, Tensor]]:
+    return {"train": (torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)),
+            "test": (torch.as_tensor(data.x_test), torch.as_tensor(data.y_test))}
+
+
+def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, data,
+                spec: MetricsSpec, lr: Tensor, optimizer: str, momentum: float) -> pd.DataFrame:
+    """One row per (pair, alignment): naive curves, barriers, Bezier mc and CKA on the "none"
+    rows; aligned barriers, distances and permutations on the others. ``lr`` [K]: each pair's
+    training learning rate (the Bezier bend's, unless metrics.bezier_lr is set)."""
+    from .connectivity import bezier_connectivity, linear_connectivity
+    from .similarity import pair_cka
+
+    splits = _splits(data)
+    probe = torch.as_tensor(data.x_test[:spec.probe_size])
+    bn_x = torch.as_tensor(data.x_train[:spec.probe_size])
+    cols: dict[str, np.ndarray] = {}
+    if spec.connectivity:
+        cols.update(linear_connectivity(model, objective, params, buffers, pairs, splits,
+                                        n_points=spec.curve_points, bn_reset_x=bn_x))
+        if spec.bezier_steps:
+            cols.update(bezier_connectivity(
+                model, objective, params, buffers, pairs, splits, splits["train"][0], splits["train"][1],
+                steps=spec.bezier_steps, lr=lr * 0 + spec.bezier_lr if spec.bezier_lr else lr, optimizer=optimizer, momentum=momentum,
+                n_points=spec.curve_points, seed=0, bn_reset_x=bn_x))
+    if spec.cka and data.kind == "classification":
+        cols.update({k: np.asarray(v) for k, v in pair_cka(model, params, buffers, pairs, probe).items()})
+    rows = pd.DataFrame({"pair_index": np.arange(len(pairs)), "alignment": "none"})
+    for k, v in cols.items():
+        v = np.asarray(v)
+        rows[k] = list(v) if v.ndim > 1 else v
+    tables = [rows]
+    if spec.lmc != "none":
+        from .lmc import lmc_pairs
+
+        alignments = ("weight",) if spec.lmc == "weight" else ("weight", "activation", "weight+repair")
+        aligned, perms = lmc_pairs(model, objective, params, buffers, pairs, splits, probe,
+                                   alignments=alignments, n_points=spec.curve_points, layerwise=spec.lmc == "all")
+        for key, value in perms.items():  # "<alignment>/<perm name>" -> [K, n]
+            alignment, _, name = key.partition("/")
+            sel = aligned["alignment"] == alignment
+            col = np.empty(len(aligned), dtype=object)
+            col[sel.to_numpy()] = list(np.asarray(value)[aligned.loc[sel, "pair_index"].to_numpy()])
+            aligned[f"perm.{name}"] = col
+        tables.append(aligned)
+    return pd.concat(tables, ignore_index=True)
+
+
+def pair_means(pairs: pd.DataFrame, columns: dict[str, str], m: int) -> dict[str, np.ndarray]:
+    """Per-model means over the naive pair rows a model takes part in: {out column: [M]}."""
+    naive = pairs[pairs["alignment"] == "none"] if len(pairs) else pairs
+    out = {}
+    for name, col in columns.items():
+        if col not in naive:
+            continue
+        total, count = np.zeros(m), np.zeros(m)
+        for side in ("a", "b"):
+            idx = naive[f"index_{side}"].to_numpy()
+            np.add.at(total, idx, naive[col].to_numpy(dtype=np.float64))
+            np.add.at(count, idx, 1)
+        with np.errstate(invalid="ignore"):
+            out[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out
+
+
+PAIR_SUMMARIES = {"connectivity.mc": "mc.train.loss", "connectivity.barrier": "barrier_max.train.loss",
+                  "similarity.cka": "cka.logits"}
+
+
+def measure_population(model: nn.Module, objective, data, weights: np.ndarray, steps: list[int],
+                       layout: Layout, model_ids: list[str], cell_ids: list[str], status: list[str],
+                       spec: MetricsSpec, lr: list[float], optimizer: str, momentum: float) -> Measured:
+    """All metric families for one population; ``weights`` [K, M, P] are its checkpoints."""
+    m = len(model_ids)
+    final = torch.as_tensor(weights[-1])
+    ok = np.array([s == "ok" for s in status]) & np.isfinite(weights[-1]).all(1)
+    idx = np.flatnonzero(ok)
+    notes = ["" if o else "diverged: no landscape or spectral metrics" for o in ok]
+    result = Measured(notes=notes)
+    if not len(idx):
+        return result
+    params, buffers = from_flat(final, layout)
+    params, buffers = _subset(params, idx), _subset(buffers, idx)
+    model.eval()
+
+    if spec.hessian and data.kind != "pinn":
+        for k, v in hessian_columns(model, params, buffers, data, spec).items():
+            result.per_model[k] = _scatter(v, idx, m)
+    elif spec.hessian:
+        result.notes = [n or "pinn: Hessian of the physics loss is not computed" for n in notes]
+
+    if spec.spectral:
+        from .spectral import spectral_tables
+
+        chosen = range(len(steps)) if spec.spectral_checkpoints == "all" else [len(steps) - 1]
+        layer_tables = []
+        for k in chosen:
+            p_k, _ = from_flat(torch.as_tensor(weights[k]), layout)
+            layers, summary = spectral_tables(model, _subset(p_k, idx), [model_ids[i] for i in idx], steps[k],
+                                              farms=spec.farms)
+            layer_tables.append(layers)
+            if k == len(steps) - 1:
+                summary = summary.set_index("model_id").reindex(model_ids)
+                for col in summary.columns:
+                    result.per_model[col] = summary[col].to_numpy(dtype=np.float64)
+        result.layers = pd.concat(layer_tables, ignore_index=True)
+
+    cells = [cell_ids[i] for i in idx]
+    pairs = same_cell_pairs(cells, np.ones(len(idx), bool))
+    if len(pairs) and (spec.connectivity or spec.cka or spec.lmc != "none"):
+        pair_lr = torch.tensor([lr[idx[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)
+        table = pair_tables(model, objective, params, buffers, pairs, data, spec, lr=pair_lr,
+                            optimizer=optimizer, momentum=momentum)
+        a, b = idx[pairs[:, 0].numpy()], idx[pairs[:, 1].numpy()]
+        k = table["pair_index"].to_numpy()
+        table.insert(0, "model_a", [model_ids[i] for i in a[k]])
+        table.insert(1, "model_b", [model_ids[i] for i in b[k]])
+        table.insert(2, "cell_id", [cell_ids[i] for i in a[k]])
+        table["index_a"], table["index_b"] = a[k], b[k]
+        result.per_model.update(pair_means(table, PAIR_SUMMARIES, m))
+        result.pairs = table.drop(columns=["pair_index", "index_a", "index_b"])
+    return result
+
+
+__all__ = ["Measured", "PAIR_SUMMARIES", "hessian_columns", "measure_population", "pair_means", "pair_tables",
+           "same_cell_pairs"]
