@@ -100,8 +100,8 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
         if spec.bezier_steps:
             cols.update(bezier_connectivity(
                 model, objective, params, buffers, pairs, splits, splits["train"][0], splits["train"][1],
-                steps=spec.bezier_steps, lr=lr * 0 + spec.bezier_lr if spec.bezier_lr else lr, optimizer=optimizer, momentum=momentum,
-                n_points=spec.curve_points, seed=0, bn_reset_x=bn_x))
+                steps=spec.bezier_steps, lr=torch.full_like(lr, spec.bezier_lr) if spec.bezier_lr else lr,
+                optimizer=optimizer, momentum=momentum, n_points=spec.curve_points, seed=0, bn_reset_x=bn_x))
     if spec.cka and data.kind == "classification":
         cols.update({k: np.asarray(v) for k, v in pair_cka(model, params, buffers, pairs, probe).items()})
     rows = pd.DataFrame({"pair_index": np.arange(len(pairs)), "alignment": "none"})

@@ -3,7 +3,8 @@
 Conventions follow WeightWatcher 0.7 ``analyze()`` defaults (the test oracle):
 - the ESD of a layer is the eigenvalues of W^T W, i.e. squared singular values, not divided by N;
 - Conv weights (out, in, k...) are k = prod(kernel) matrices W[:, :, i, j] whose eigenvalues are
-  pooled; Conv2d matrices are scaled by sqrt(k / 2) first (WW's ``conv2d_norm``);
+  pooled; Conv2d slices are scaled by 1/sqrt(2) first (what WW's default ``conv2d_norm`` amounts to:
+  its conv eigenvalues are half the raw ones, checked against it for 3x3 and 5x5 kernels);
 - layers with fewer than ``min_evals`` = 8 eigenvalues are skipped; eigenvalues <= 1e-5 are left out
   of the fit;
 - power law: continuous MLE alpha with xmin = argmin of the KS distance over all candidates
@@ -64,7 +65,7 @@ def matrices(w: Tensor, kind: str) -> Tensor:
         return w.unsqueeze(1)
     k = int(np.prod(w.shape[3:]))
     mats = w.reshape(*w.shape[:3], k).permute(0, 3, 1, 2)
-    return mats * np.sqrt(k / 2.0) if kind == "conv2d" else mats
+    return mats * np.sqrt(0.5) if kind == "conv2d" else mats
 
 
 def _windows(n: int, size: int, grid: int) -> list[int]:
@@ -93,7 +94,7 @@ def _layer_metrics(mats: Tensor, min_evals: int, farms: bool, farms_window: int)
     m_models, s, n, m = mats.shape
     sv = torch.linalg.svdvals(mats)  # [M, S, min(n, m)]
     evals = (sv ** 2).reshape(m_models, -1)
-    big, small = max(n, m), min(n, m)
+    big = max(n, m)
     lam_max = evals.max(1).values
     total = evals.sum(1)
     out = {"n_evals": np.full(m_models, evals.shape[1]),
