@@ -120,7 +120,7 @@ class MetricsSpec:
     bezier_lr: float = 0.0  # 0: the cell's own training lr
     cka: bool = True
     probe_size: int = 512  # fixed test-set probe batch for CKA, activation matching, BN reset
-    lmc: str = "none"  # aligned barriers in the build: none | weight | all
+    lmc: str = "weight"  # aligned barriers in the build: none | weight | all
     thresholds: dict = field(default_factory=dict)  # phase-rule overrides (zoo.metrics.phases.PhaseThresholds)
 
 

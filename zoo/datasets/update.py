@@ -89,8 +89,8 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     root = Path(root)
     models = pd.read_parquet(root / "models.parquet")
     new_cols = pd.concat(per_model, ignore_index=True).set_index("model_id")
-    models = models.drop(columns=[c for c in new_cols.columns if c in models] + ["phase", "cell_phase"],
-                         errors="ignore").join(new_cols, on="model_id")
+    stale = [c for c in models if c in new_cols.columns or c in ("phase", "cell_phase") or c.startswith("phase.")]
+    models = models.drop(columns=stale).join(new_cols, on="model_id")
     manifest = zoo.manifest
     extra = {k: manifest[k] for k in ("device", "precision") if k in manifest}
     if "train_acc" in models and data.kind == "classification":
@@ -108,9 +108,12 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     write_table(root, "layers", _merge(zoo._store.table("layers"), layers, ["model_id", "step", "layer"]))
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
     if "phase" in models:
+        import contextlib
+
         from ..plots import phase_diagrams
 
-        phase_diagrams(models, root / "plots")
+        with contextlib.suppress(ValueError):  # fewer than two varying axes
+            phase_diagrams(models, root / "plots")
     write_manifest(root, spec, extra)
     return {"models": len(models), "pairs": len(pairs), "layers": len(layers)}
 

@@ -7,6 +7,7 @@ zoo.json's ``created`` and the wall-time columns).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -144,7 +145,8 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     if "phase" in models_df:
         from ..plots import phase_diagrams
 
-        phase_diagrams(models_df, out / "plots")
+        with contextlib.suppress(ValueError):  # fewer than two varying axes: no phase plane to draw
+            phase_diagrams(models_df, out / "plots")
     write_manifest(out, spec, extra)
 
 

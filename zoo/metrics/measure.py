@@ -119,7 +119,8 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
             alignment, _, name = key.partition("/")
             sel = aligned["alignment"] == alignment
             col = np.empty(len(aligned), dtype=object)
-            col[sel.to_numpy()] = list(np.asarray(value)[aligned.loc[sel, "pair_index"].to_numpy()])
+            for row in np.flatnonzero(sel.to_numpy()):
+                col[row] = np.asarray(value)[aligned["pair_index"].iloc[row]]
             aligned[f"perm.{name}"] = col
         tables.append(aligned)
     return pd.concat(tables, ignore_index=True)
