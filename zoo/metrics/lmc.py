@@ -44,6 +44,11 @@ def _plain_mlp(model: nn.Module) -> bool:
                                                     for m in model)
 
 
+def _pre(state: dict[str, Tensor], inp: Tensor, w: str, bias: str) -> Tensor:
+    z = torch.bmm(inp, state[w].transpose(1, 2))
+    return z + state[bias].unsqueeze(1) if bias in state else z
+
+
 @torch.no_grad()
 def repair(model: nn.Sequential, a: dict[str, Tensor], b: dict[str, Tensor], states: dict[str, Tensor],
            ts: Tensor, x: Tensor, eps: float = 1e-5) -> dict[str, Tensor]:
@@ -67,11 +72,7 @@ def repair(model: nn.Sequential, a: dict[str, Tensor], b: dict[str, Tensor], sta
             continue
         w, bias = f"{name}.weight", f"{name}.bias"
 
-        def pre(state, inp):
-            z = torch.bmm(inp, state[w].transpose(1, 2))
-            return z + state[bias].unsqueeze(1) if bias in state else z
-
-        z_a, z_b, z = pre(a, h_a), pre(b, h_b), pre(out, h)
+        z_a, z_b, z = _pre(a, h_a, w, bias), _pre(b, h_b, w, bias), _pre(out, h, w, bias)
         if name != linears[-1]:
             rep = lambda s: s.repeat_interleave(t, 0)  # noqa: E731
             mu = (1 - tt) * rep(z_a.mean(1)) + tt * rep(z_b.mean(1))
@@ -79,7 +80,7 @@ def repair(model: nn.Sequential, a: dict[str, Tensor], b: dict[str, Tensor], sta
             scale = sd / (z.std(1) + eps)
             shift = mu - z.mean(1) * scale
             out[w] = out[w] * scale.unsqueeze(-1)
-            out[bias] = (out[bias] if bias in out else 0) * scale + shift
+            out[bias] = out.get(bias, 0) * scale + shift
             z = z * scale.unsqueeze(1) + shift.unsqueeze(1)
         h_a, h_b, h = z_a, z_b, z
     return out
