@@ -1,0 +1,102 @@
+"""The measure step inside a build, and `zoo metrics` / `zoo plot` on a published zoo."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoo.datasets.verify import verify
+from zoo.functional import layout_of
+from zoo.generators.architectures import build_for_task
+from zoo.generators.tasks import load_task
+from zoo.generators.tasks.objectives import objective_for
+from zoo.metrics.measure import measure_population
+from zoo.spec import MetricsSpec
+
+ZOO = [sys.executable, "-m", "zoo.cli"]
+
+
+def run_zoo(*args):
+    return subprocess.run([*ZOO, *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def measured_zoo(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("metrics") / "zoo"
+    r = run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet", "--set", "metrics.lmc=all")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_build_publishes_every_metric_family(measured_zoo):
+    m = pd.read_parquet(measured_zoo / "models.parquet")
+    for col in ("hessian.top_eig", "hessian.trace", "spectral.alpha_mean", "spectral.farms_alpha_mean",
+                "connectivity.mc", "similarity.cka", "phase", "cell_phase"):
+        assert col in m and m[col].notna().all(), col
+    assert set(m["phase"]) <= {"I", "II", "III", "IV-A", "IV-B", "unknown"}
+    pairs = pd.read_parquet(measured_zoo / "pairs.parquet")
+    assert set(pairs["alignment"]) == {"none", "weight", "activation", "weight+repair"}
+    cells = m.groupby("cell_id").size()
+    assert (pairs["alignment"] == "none").sum() == sum(n * (n - 1) // 2 for n in cells)
+    assert (pairs["model_a"].map(dict(zip(m.model_id, m.cell_id))) == pairs["cell_id"]).all()
+    assert len(pairs.loc[0, "curve.train.loss"]) == 11
+    layers = pd.read_parquet(measured_zoo / "layers.parquet")
+    assert set(layers["model_id"]) == set(m["model_id"]) and layers["alpha"].notna().any()
+    manifest = json.loads((measured_zoo / "zoo.json").read_text())
+    assert manifest["phase_thresholds"]["loss_fraction"] == 0.25
+    assert {f"plots/{n}.png" for n in ("phase", "test_acc", "mc")} <= set(manifest["files"])
+    assert verify(measured_zoo) == []
+
+
+def test_measured_in_build_equals_measured_alone(measured_zoo, data_root):
+    """A population's metrics do not depend on the rest of it: remeasure two models by themselves."""
+    m = pd.read_parquet(measured_zoo / "models.parquet").sort_values("model_id")
+    ckpt = pd.read_parquet(measured_zoo / "checkpoints")
+    row = m.iloc[0]
+    same_cell = m[m["cell_id"] == row["cell_id"]]
+    ids = same_cell["model_id"].tolist()
+    cfg = {k[7:]: v for k, v in row.items() if k.startswith("config.")}
+    data = load_task("mnist1d", cfg["task.n_train"], cfg["task.n_test"], cfg["task.data_seed"])
+    build, _ = build_for_task(cfg, data.input_shape, data.n_classes)
+    final = ckpt[ckpt["step"] == ckpt["step"].max()].set_index("model_id").loc[ids]
+    weights = np.stack(final["weights"].to_numpy())[None]
+    res = measure_population(build(), objective_for(data), data, weights, [int(ckpt["step"].max())],
+                             layout_of(build()), ids, same_cell["cell_id"].tolist(), ["ok"] * len(ids),
+                             MetricsSpec(lmc="none"), lr=same_cell["config.train.lr"].tolist(),
+                             optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
+    for col in ("hessian.trace", "spectral.alpha_mean", "connectivity.barrier", "similarity.cka"):
+        np.testing.assert_allclose(res.per_model[col], same_cell[col], rtol=2e-3, err_msg=col)
+
+
+def test_metrics_command_adds_to_an_existing_zoo_and_keeps_it_valid(measured_zoo, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(measured_zoo, out)
+    (out / "layers.parquet").unlink()
+    m = pd.read_parquet(out / "models.parquet").drop(columns=["spectral.alpha_mean"])
+    m.to_parquet(out / "models.parquet")
+    r = run_zoo("metrics", "spectral", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    again = pd.read_parquet(out / "models.parquet")
+    before = pd.read_parquet(measured_zoo / "models.parquet")
+    np.testing.assert_allclose(again["spectral.alpha_mean"], before["spectral.alpha_mean"], rtol=1e-9)
+    assert (out / "layers.parquet").is_file() and verify(out) == []
+    assert run_zoo("verify", str(out)).returncode == 0
+
+
+def test_metrics_and_plot_commands_reject_bad_folders(tmp_path):
+    for args in (("metrics", "spectral", str(tmp_path / "nope")), ("plot", str(tmp_path))):
+        r = run_zoo(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "zoo: error:" in r.stderr
+
+
+def test_adaptive_build_runs_end_to_end(tmp_path, data_root):
+    out = tmp_path / "adaptive"
+    r = run_zoo("build", "--phase", "adaptive", "--preset", "smoke", "--out", str(out), "--quiet",
+                "--set", "phase.budget=4", "--set", "metrics.lmc=none", "--set", "metrics.bezier_steps=0")
+    assert r.returncode == 0, r.stderr
+    m = pd.read_parquet(out / "models.parquet")
+    assert len(m) == 4 and m["cell_id"].nunique() == 2
