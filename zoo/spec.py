@@ -95,7 +95,7 @@ class PhaseSpec:
     # adaptive sampler: a coarse grid (every ``coarse_stride``-th axis value), then rounds that add
     # the most disputed unvisited cells until ``budget`` models are trained (0 = the full grid's size / 2)
     budget: int = 0
-    coarse_stride: int = 2
+    coarse_stride: int = 3
     refine_metric: str = "test_acc"
 
 
