@@ -25,10 +25,12 @@ def main() -> None:
     ap.add_argument("zoo")
     ap.add_argument("--budget", type=int, default=0, help="models (default: half the grid)")
     ap.add_argument("--stride", type=int, default=3, help="coarse grid stride (phase.coarse_stride)")
+    ap.add_argument("--metric", default="test_acc", help="phase.refine_metric")
     args = ap.parse_args()
     zoo = load(args.zoo)
     spec = spec_from_dict(zoo.manifest["spec"])
     spec.phase.budget, spec.phase.coarse_stride = args.budget, args.stride
+    spec.phase.refine_metric = args.metric
     models = zoo.models.set_index("model_id")
     shape, cells = lattice(spec)
     index_of = {plans[0].cell_id: c for c, plans in cells.items()}
