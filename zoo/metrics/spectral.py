@@ -31,7 +31,8 @@ oracle, tests/test_spectral.py):
 - mp_softrank = bulk_max / l_max after rescaling the ESD to mean 1, with the Marchenko-Pastur sigma
   fitted as WW's ``mp_fit=True`` does (linear-kernel KDE, bandwidth 0.1, brute-force grid
   0.05..2 x sigma_0 then a local polish; WW polishes with Nelder-Mead, here golden-section search
-  inside the neighbouring grid cells, so the two agree to ~1e-3).
+  inside the neighbouring grid cells: typically 1e-4 apart, up to ~1e-2 on the few layers where
+  Nelder-Mead leaves the cell for another local minimum).
 
 FARMS (Hu et al., ICML 2025, arXiv 2506.06280): the same fit on the pooled ESD of square
 sub-matrices, which removes the dependence of alpha on the aspect ratio Q. Window side
@@ -346,7 +347,7 @@ def spectral_tables(model: nn.Module, params: dict[str, Tensor], model_ids: list
         frame["alpha_weighted"] = frame["alpha"] * frame.get("log_spectral_norm", nan)
         frame["log_alpha_norm"] = nan
         if (li, "esd") in evals:  # log10 sum l^alpha = alpha log10 l_max + log10 sum (l / l_max)^alpha
-            ev, a = evals[(li, "esd")], torch.as_tensor(frame["alpha"].to_numpy())[:, None]
+            ev, a = evals[(li, "esd")], torch.tensor(frame["alpha"].to_numpy())[:, None]
             lam = ev.amax(1, keepdim=True)
             frame["log_alpha_norm"] = (a[:, 0] * torch.log10(lam[:, 0]) + torch.log10(((ev / lam) ** a).sum(1))).numpy()
         if farms:
