@@ -182,7 +182,7 @@ def make_forward(model: nn.Module):
 
 @torch.no_grad()
 def evaluate(forward, model: nn.Module, objective, params, buffers, x: torch.Tensor, y: torch.Tensor,
-             weight: torch.Tensor | None = None, chunk: int = 2048, split: str = "test") -> dict:
+             weight: torch.Tensor | None = None, chunk: int | None = None, split: str = "test") -> dict:
     """Per-model metrics ({name: [M]}) on shared inputs x [N, ...] and targets y [N, ...] or [M, N, ...].
 
     ``weight`` [M, N] restricts each model to its own samples (its training subset); it comes
@@ -192,6 +192,9 @@ def evaluate(forward, model: nn.Module, objective, params, buffers, x: torch.Ten
     model.eval()
     m = next(iter(params.values())).shape[0]
     parts: dict[str, list] = {}
+    # ~32k (model, sample) rows per chunk keeps activations in cache: 5x faster than 2048 samples
+    # for 132 stacked MLPs (measured), and no slower for small populations
+    chunk = chunk or max(16, min(2048, 32768 // m))
     for s in range(0, x.shape[0], chunk):
         xb = x[s:s + chunk].unsqueeze(0).expand(m, *x[s:s + chunk].shape)
         yb = y[:, s:s + chunk] if weight is not None else y[s:s + chunk].unsqueeze(0).expand(

@@ -58,7 +58,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     schedule: str = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
-    eval_chunk: int = 2048
+    eval_chunk: int | None = None  # samples per evaluation chunk (None: sized to the population)
     dtype: torch.dtype = torch.float32  # float64 for numerical-agreement checks
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast (CUDA), fp32 weights

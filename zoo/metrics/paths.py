@@ -91,7 +91,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 @torch.no_grad()
 def evaluate_states(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor],
                     splits: dict[str, tuple[Tensor, Tensor]], bn_reset_x: Tensor | None = None,
-                    chunk: int = 2048) -> dict[str, Tensor]:
+                    chunk: int | None = None) -> dict[str, Tensor]:
     """Metrics of N stacked states on each split: {"train.loss": [N], "train.err": [N], ...}.
 
     ``splits`` maps a split name to shared (x, y). Classification adds err = 1 - acc; other
