@@ -57,7 +57,10 @@ def test_tables_are_the_published_parquet(smoke_zoo):
     pd.testing.assert_frame_equal(zoo.models, pd.read_parquet(smoke_zoo / "models.parquet"))
     pd.testing.assert_frame_equal(zoo.layout, pd.read_parquet(smoke_zoo / "layout.parquet"))
     assert zoo.manifest == json.loads((smoke_zoo / "zoo.json").read_text())
-    assert zoo.layers is None and zoo.pairs is None  # not published by this build
+    pd.testing.assert_frame_equal(zoo.layers, pd.read_parquet(smoke_zoo / "layers.parquet"))
+    pd.testing.assert_frame_equal(zoo.pairs, pd.read_parquet(smoke_zoo / "pairs.parquet"))
+    one = zoo.subset(zoo.model_ids[:1])
+    assert set(one.layers["model_id"]) == set(one.model_ids) and len(one.pairs) == 0  # a pair needs both models
     assert len(zoo) == 16 and len(zoo.arch_ids) == 2
 
 
