@@ -36,6 +36,11 @@ def assert_user_error(r, *words):
     (["--set", "nokey"], ["section.key=value"]),
     (["--phase", "spiral"], ["invalid choice"]),
     (["--jobs", "0"], ["--jobs"]),
+    (["--set", "phase.budget=-4"], ["phase.budget"]),
+    (["--set", "build.max_population=0"], ["build.max_population", "> 0"]),
+    (["--set", "metrics.lmc=sometimes"], ["metrics.lmc", "weight"]),
+    (["--set", "metrics.curve_points=2"], ["metrics.curve_points"]),
+    (["--set", "metrics.thresholds={sharpness=1}"], ["metrics.thresholds.sharpness", "loss_fraction"]),
 ])
 def test_bad_build_arguments(tmp_path, args, words):
     out = tmp_path / "out"
@@ -99,3 +104,19 @@ def test_every_preset_validates():
     assert load_spec("default").n_models >= 100
     with pytest.raises(SpecError):
         load_spec("smoke", ["task.label_noise=2"])
+
+
+def test_folder_from_a_newer_schema_is_refused_untouched(tmp_path):
+    import json
+
+    out = tmp_path / "zoo"
+    assert run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet",
+                   "--set", "metrics.lmc=none").returncode == 0
+    manifest = json.loads((out / "zoo.json").read_text())
+    manifest["schema_version"] = 99
+    (out / "zoo.json").write_text(json.dumps(manifest))
+    before = {p: sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    for args in (["build", "--preset", "smoke", "--out", str(out), "--set", "metrics.lmc=none"],
+                 ["info", str(out)], ["verify", str(out)], ["metrics", "spectral", str(out)], ["plot", str(out)]):
+        assert_user_error(run_zoo(*args), "schema")
+    assert before == {p: sha256_file(p) for p in out.rglob("*") if p.is_file()}

@@ -21,13 +21,19 @@ ZOO = [sys.executable, "-m", "zoo.cli"]
 SMALL = ["--preset", "smoke", "--set", "build.max_population=1", "--set", "train.steps=300", "--quiet"]
 
 
+MEASURED = ("hessian.", "spectral.", "connectivity.", "similarity.")
+
+
 def published_hashes(out: Path) -> dict:
     """sha256 of every published data file (zoo.json's timestamp and wall times aside)."""
     import pandas as pd
 
     files = {str(p.relative_to(out)): sha256_file(p) for p in sorted((out / "checkpoints").glob("*.parquet"))}
     files["layout.parquet"] = sha256_file(out / "layout.parquet")
-    files["models"] = pd.read_parquet(out / "models.parquet").drop(columns=["wall_time_s"]).to_json()
+    models = pd.read_parquet(out / "models.parquet").drop(columns=["wall_time_s"])
+    for c in models.columns[models.columns.str.startswith(MEASURED)]:  # thread-count rounding: 4 digits
+        models[c] = models[c].map(lambda v: float(f"{v:.4g}"))
+    files["models"] = models.to_json()
     import h5py
 
     with h5py.File(out / "zoo.h5") as f:
@@ -81,13 +87,13 @@ def test_disk_full_during_a_shard_write_leaves_no_partial_shard(tmp_path, monkey
     calls = {"n": 0}
     original = build_mod.write_shard
 
-    def full_disk(path, pop, result):
+    def full_disk(path, pop, result, *measured):
         calls["n"] += 1
         if calls["n"] == 3:
             with build_mod.atomic_path(path) as tmp:
                 Path(tmp).write_bytes(b"partial")
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return original(path, pop, result)
+        return original(path, pop, result, *measured)
 
     monkeypatch.setattr(build_mod, "write_shard", full_disk)
     with pytest.raises(BuildError, match="No space left"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -106,14 +105,14 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    import pandas as pd
+    from .datasets.reader import DatasetError, load
 
     folder = Path(args.dir)
-    manifest_path = folder / "zoo.json"
-    if not manifest_path.exists():
-        raise SpecError(f"{folder} is not a published zoo (no zoo.json); build one with zoo build")
-    manifest = json.loads(manifest_path.read_text())
-    models = pd.read_parquet(folder / "models.parquet")
+    try:
+        zoo = load(folder)  # checks the folder and its schema version
+    except DatasetError as e:
+        raise SpecError(str(e)) from None
+    manifest, models = zoo.manifest, zoo.models
     spec = manifest["spec"]
     print(f"zoo {spec['name']!r} in {folder}  (zoo {manifest['zoo_version']}, torch "
           f"{manifest['torch_version']}, created {manifest['created']})")

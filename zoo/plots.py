@@ -105,12 +105,14 @@ def _save(fig, path: Path, atomic_path) -> Path:
 
 def cmd_plot(args) -> int:
     """`zoo plot DIR`: phase diagrams under DIR/plots/, then refresh zoo.json's checksums."""
+    from .datasets.reader import DatasetError, load
+
     root = Path(args.dir)
-    if not (root / "models.parquet").is_file() or not (root / "zoo.json").is_file():
-        print(f"zoo: error: {root} is not a published zoo (no models.parquet / zoo.json); "
-              "give the --out folder of zoo build", file=sys.stderr)
+    try:
+        models = load(root).models  # checks the folder and its schema version
+    except DatasetError as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
         return 2
-    models = pd.read_parquet(root / "models.parquet")
     try:
         paths = phase_diagrams(models, root / "plots")
     except ValueError as e:

@@ -178,6 +178,12 @@ def prepare_output(out: Path, spec: ZooSpec) -> None:
     state = out / STATE_DIR / "spec.json"
     if out.exists() and not out.is_dir():
         raise BuildError(f"output path {out} is a file; choose a folder with --out")
+    published = out / "zoo.json"
+    if published.is_file():
+        version = json.loads(published.read_text()).get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise BuildError(f"{out} holds a zoo of schema_version {version}, newer than this zoo package "
+                             f"({SCHEMA_VERSION}); upgrade zoo or choose another --out")
     if out.exists() and any(out.iterdir()):
         if not state.exists():
             raise BuildError(f"output folder {out} is not empty and holds no zoo build; "
@@ -284,9 +290,10 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
 
     out = Path(out)
     data = load_spec_task(spec, data_root)  # before touching the output folder
+    budget = max_memory if max_memory is not None else default_max_memory(device)
+    population_cap(spec, plan_models(spec, "grid"), budget)  # a model that cannot fit fails here, first
     prepare_output(out, spec)
     claims = Claims(out / STATE_DIR / "claims", ttl=claim_ttl)
-    budget = max_memory if max_memory is not None else default_max_memory(device)
 
     def train(plans: list) -> dict[str, Path]:
         """Train and measure every plan not yet in a shard; returns model_id -> shard."""

@@ -56,7 +56,9 @@ def grid(spec: ZooSpec) -> list[ModelPlan]:
     return plans
 
 
-SAMPLERS = {"grid": grid}
+# The adaptive sampler trains a subset of the grid, chosen round by round (adaptive.py); planning
+# questions asked before training (cost, memory) are answered for the full grid.
+SAMPLERS = {"grid": grid, "adaptive": grid}
 
 
 def plan_models(spec: ZooSpec, sampler: str | None = None) -> list[ModelPlan]:
