@@ -61,7 +61,8 @@ PAIRS = [
 ]
 
 
-def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict]) -> str:
+def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict],
+                 tables: tuple[str, ...] = ()) -> str:
     from .. import __version__
 
     axes = ", ".join(f"{a.name} = {a.key} in {a.values}" for a in spec.phase.axes) or "none"
@@ -82,6 +83,8 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict]) -
         "  data_files:",
         "  - split: train",
         "    path: layout.parquet",
+        *[line for name in tables for line in (f"- config_name: {name}", "  data_files:", "  - split: train",
+                                               f"    path: {name}.parquet")],
         "tags:",
         "- weight-space-learning",
         "- model-zoo",

@@ -141,7 +141,8 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     _write_checkpoints(out, ckpt_rows, mixed=len(layouts) > 1)
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
-    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows).encode())
+    present = tuple(n for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file())
+    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows, present).encode())
     if "phase" in models_df:
         from ..plots import phase_diagrams
 
