@@ -20,13 +20,13 @@ from zoo.metrics.phases import PhaseThresholds, assign_phases
 from zoo.spec import spec_from_dict
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("zoo")
     ap.add_argument("--budget", type=int, default=0, help="models (default: half the grid)")
     ap.add_argument("--stride", type=int, default=3, help="coarse grid stride (phase.coarse_stride)")
     ap.add_argument("--metric", default="test_acc", help="phase.refine_metric")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     zoo = load(args.zoo)
     spec = spec_from_dict(zoo.manifest["spec"])
     spec.phase.budget, spec.phase.coarse_stride = args.budget, args.stride
@@ -53,10 +53,12 @@ def main() -> None:
     regular = coarse_cells(shape, 2)[:len(chosen)]  # a regular sub-grid of the same size
     frac = lambda cs: float(np.mean([boundary(c) for c in cs]))  # noqa: E731
     print(pd.Series(grid_phase).unstack().to_string())
-    print(json.dumps({"cells_in_grid": len(cells), "boundary_cells_in_grid": int(sum(map(boundary, cells))),
+    result = {"cells_in_grid": len(cells), "boundary_cells_in_grid": int(sum(map(boundary, cells))),
                       "budget_cells": len(chosen), "adaptive_boundary_fraction": round(frac(chosen), 3),
                       "regular_boundary_fraction": round(frac(regular), 3),
-                      "full_grid_boundary_fraction": round(frac(list(cells)), 3), "adaptive_cells": chosen}))
+                      "full_grid_boundary_fraction": round(frac(list(cells)), 3), "adaptive_cells": chosen}
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -47,3 +47,15 @@ def test_phase_diagram(smoke_zoo, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
     models = pd.read_parquet(smoke_zoo / "models.parquet")
     assert models.groupby(["config.arch.width", "config.train.lr"]).ngroups == 4
+
+
+def test_lmc_width_matching_lowers_barriers(capsys):
+    result = _example("lmc_width").main(["--widths", "8", "32", "--steps", "150", "--seeds", "2"])
+    for row in result["rows"]:  # the matched pair is never worse on the train loss than the raw one
+        assert row["matched_barrier_train_loss"] <= row["naive_barrier_train_loss"] + 1e-6
+
+
+def test_adaptive_vs_grid_replays_the_sampler(smoke_zoo):
+    result = _example("adaptive_vs_grid").main([str(smoke_zoo), "--stride", "1", "--budget", "4"])
+    assert result["cells_in_grid"] == 4 and result["budget_cells"] == len(result["adaptive_cells"]) >= 1
+    assert 0 <= result["adaptive_boundary_fraction"] <= 1
