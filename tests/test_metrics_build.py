@@ -87,6 +87,18 @@ def test_metrics_command_adds_to_an_existing_zoo_and_keeps_it_valid(measured_zoo
     assert run_zoo("verify", str(out)).returncode == 0
 
 
+def test_sharpness_per_checkpoint_option(tmp_path, data_root):
+    out = tmp_path / "sharp"
+    r = run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet", "--set", "metrics.hessian_checkpoints=true",
+                "--set", "metrics.lmc=none", "--set", "metrics.bezier_steps=0", "--set", "metrics.spectral=false")
+    assert r.returncode == 0, r.stderr
+    ckpt = pd.read_parquet(out / "checkpoints", columns=["model_id", "step", "hessian.top_eig", "hessian.trace"])
+    assert ckpt["hessian.trace"].notna().all() and ckpt["step"].nunique() == 5
+    m = pd.read_parquet(out / "models.parquet").set_index("model_id")
+    last = ckpt[ckpt["step"] == ckpt["step"].max()].set_index("model_id")
+    np.testing.assert_allclose(last.loc[m.index, "hessian.trace"], m["hessian.trace"])  # final = models row
+
+
 def test_metrics_and_plot_commands_reject_bad_folders(tmp_path):
     for args in (("metrics", "spectral", str(tmp_path / "nope")), ("plot", str(tmp_path))):
         r = run_zoo(*args)

@@ -111,6 +111,7 @@ class MetricsSpec:
     hessian_tol: float = 1e-3
     hessian_top_k: int = 1
     hessian_density: bool = False  # stochastic Lanczos quadrature summary
+    hessian_checkpoints: bool = False  # also top eigenvalue and trace at every checkpoint (checkpoint rows)
     spectral: bool = True
     spectral_checkpoints: str = "final"  # final | all
     farms: bool = True

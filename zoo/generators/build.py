@@ -108,6 +108,7 @@ def write_shard(path: Path, pop: PopulationPlan, result, measured=None) -> None:
     if measured is not None:
         meta["metrics_notes"] = measured.notes
         arrays.update({f"model_metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_model.items()})
+        arrays.update({f"metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_checkpoint.items()})
         for name in ("pairs", "layers"):
             table = getattr(measured, name)
             if len(table):

@@ -24,6 +24,7 @@ Tensor = torch.Tensor
 @dataclass
 class Measured:
     per_model: dict[str, np.ndarray] = field(default_factory=dict)  # column -> [M]
+    per_checkpoint: dict[str, np.ndarray] = field(default_factory=dict)  # column -> [K, M] (checkpoint rows)
     notes: list[str] = field(default_factory=list)  # per model: why metrics are missing ("" if none)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (pair, alignment)
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (model, step, layer)
@@ -166,6 +167,17 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
     if spec.hessian and data.kind != "pinn":
         for k, v in hessian_columns(model, params, buffers, data, spec).items():
             result.per_model[k] = _scatter(v, idx, m)
+        if spec.hessian_checkpoints:  # sharpness along training: top eigenvalue and trace per checkpoint
+            sharp = {name: np.full((len(steps), m), np.nan) for name in ("hessian.top_eig", "hessian.trace")}
+            for k in range(len(steps)):
+                p_k, b_k = from_flat(torch.as_tensor(weights[k]), layout)
+                ok_k = np.isfinite(weights[k][idx]).all(1)
+                if not ok_k.any():
+                    continue
+                cols = hessian_columns(model, _subset(p_k, idx[ok_k]), _subset(b_k, idx[ok_k]), data, spec)
+                for name in sharp:
+                    sharp[name][k, idx[ok_k]] = cols[name]
+            result.per_checkpoint = sharp
     elif spec.hessian:
         result.notes = [n or "pinn: Hessian of the physics loss is not computed" for n in notes]
 
