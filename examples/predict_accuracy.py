@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -117,6 +117,20 @@ def main(argv: list[str] | None = None) -> dict:
               "ridge_r2": r2(ridge_pred), "deepsets_r2": r2(ds_pred),
               "ridge_mae": float(np.abs(ridge_pred - y_test).mean()),
               "deepsets_mae": float(np.abs(ds_pred - y_test).mean())}
+    # 3. the phase label from the same weight statistics (logistic regression vs the majority class)
+    if "phase" in zoo.models:
+        phase_of = dict(zip(zoo.models["model_id"], zoo.models["phase"]))
+        labels = [phase_of[m] for m in fit_ids]
+        truth = np.array([phase_of[m] for m in test_ids])
+        majority = max(set(labels), key=labels.count)
+        if len(set(labels)) > 1:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            clf.fit(x[[row[m] for m in fit_ids]], labels)
+            guess = clf.predict(x[[row[m] for m in test_ids]])
+        else:
+            guess = np.array([majority] * len(test_ids))
+        result["phase_accuracy"] = float((guess == truth).mean())
+        result["phase_majority_accuracy"] = float((truth == majority).mean())
     print(json.dumps(result))
     return result
 

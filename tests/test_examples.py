@@ -32,6 +32,7 @@ def test_predict_accuracy(smoke_zoo, capsys):
         assert math.isfinite(result[key])
     assert result["ridge_mae"] < 0.5 and result["deepsets_mae"] < 0.5  # accuracies live in [0, 1]
     assert '"ridge_r2"' in capsys.readouterr().out
+    assert 0 <= result["phase_accuracy"] <= 1 and 0 <= result["phase_majority_accuracy"] <= 1
 
 
 def test_weight_statistics_features(smoke_zoo):
