@@ -247,3 +247,28 @@ def test_to_pyg_without_torch_geometric(smoke_zoo, monkeypatch):
     zoo = load(smoke_zoo)
     with pytest.raises(ImportError, match="torch_geometric"):
         to_pyg(GraphView(zoo.arch(zoo.arch_ids[0]))[0])
+
+
+@pytest.mark.parametrize("family,kwargs,shape", [
+    ("resnet18", dict(in_channels=1, out_dim=10, width=4, depth=18), (1, 8, 8)),
+    ("cnn_s", dict(in_channels=1, out_dim=10, image_size=28), (1, 28, 28)),
+])
+def test_spec_permutation_index_preserves_the_function(family, kwargs, shape):
+    """Nets the layer-chain rule cannot permute (residual streams, flatten over space): traced spec."""
+    from zoo.datasets.views import spec_permutation_index
+    from zoo.functional import layout_of, to_flat
+    from zoo.generators.architectures import build_model
+
+    torch.manual_seed(0)
+    net = build_model(family, **kwargs).eval()
+    lay = layout_of(net)
+    idx = spec_permutation_index(net, torch.Generator().manual_seed(3))
+    assert torch.equal(idx.sort().values, torch.arange(lay.size)) and not torch.equal(idx, torch.arange(lay.size))
+    params = {k: v[None] for k, v in net.named_parameters()}
+    buffers = {k: v[None] for k, v in net.named_buffers() if v.is_floating_point()}
+    w = to_flat(params, buffers, lay)[0].detach()
+    x = torch.randn(16, *shape)
+    with torch.no_grad():
+        y0 = net(x)
+        y1 = load_flat(build_model(family, **kwargs).eval(), w[idx], lay)(x)
+    torch.testing.assert_close(y1, y0, atol=1e-4, rtol=1e-4)

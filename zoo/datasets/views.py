@@ -186,6 +186,21 @@ def random_permutation_index(layout: Layout, generator: torch.Generator | None =
     return permutation_index(layout, [torch.randperm(n, generator=generator) for n in hidden_sizes(layout)])
 
 
+def spec_permutation_index(model: torch.nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gather index [P] permuting every hidden permutation of ``model``'s fx-derived permutation spec
+    (``zoo.metrics.matching``): conv channels feeding a flatten over space, residual streams, BatchNorm
+    and attention blocks included, where the layer-chain rule of :func:`permutation_index` does not apply."""
+    from ..functional import layout_of
+    from ..metrics.matching import apply_permutation, permutation_spec
+
+    layout = layout_of(model)
+    spec = permutation_spec(model)
+    positions = {t.name: torch.arange(t.start, t.end, dtype=torch.float64).view(t.shape) for t in layout.tensors}
+    perms = {p: torch.randperm(n, generator=generator) for p, n in spec.sizes.items()}
+    moved = apply_permutation(spec, perms, positions)
+    return torch.cat([moved[t.name].reshape(-1) for t in layout.tensors]).long()
+
+
 # ---------------------------------------------------------------- normalization
 
 @dataclass
@@ -319,8 +334,21 @@ class WeightView(Dataset):
         w = self._cache[a][self._row[i]] if self._cache else self.zoo.weights([self.ids[i]], self.step,
                                                                              as_torch=True)[0]
         if self.augment:
-            w = w[random_permutation_index(self.layouts[a], self.generator)]
+            w = w[self._permutation(a)]
         return w
+
+    def _permutation(self, arch: str) -> torch.Tensor:
+        """A random function-preserving permutation: the layer-chain rule for MLP-like layouts, the
+        model's traced permutation spec for everything else (conv nets, residual networks)."""
+        try:
+            return random_permutation_index(self.layouts[arch], self.generator)
+        except DatasetError:
+            if not hasattr(self, "_templates"):
+                self._templates = {}
+            if arch not in self._templates:
+                mid = next(m for m, b in zip(self.ids, self.arch) if b == arch)
+                self._templates[arch] = self.zoo.model(mid)
+            return spec_permutation_index(self._templates[arch], self.generator)
 
     def __getitem__(self, i: int) -> dict:
         item = self.encode(self.flat(i), self.arch[i])
