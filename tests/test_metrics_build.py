@@ -112,3 +112,32 @@ def test_adaptive_build_runs_end_to_end(tmp_path, data_root):
     assert r.returncode == 0, r.stderr
     m = pd.read_parquet(out / "models.parquet")
     assert len(m) == 4 and m["cell_id"].nunique() == 2
+
+
+def test_a_failing_metric_family_is_a_note_not_a_lost_population(monkeypatch):
+    """A family that cannot handle an architecture (here: LMC raising) leaves the rest measured."""
+    import torch
+    from torch import nn
+
+    import zoo.metrics.lmc as lmc
+    from zoo.functional import stack_states, to_flat
+    from zoo.generators.tasks.base import TaskData
+
+    def broken(*args, **kwargs):
+        raise ValueError("permutation_spec: unsupported method .transpose()")
+
+    monkeypatch.setattr(lmc, "lmc_pairs", broken)
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(4)]
+    params, buffers = stack_states(models)
+    lay = layout_of(models[0])
+    weights = to_flat(params, buffers, lay).detach().numpy()[None]
+    rng = np.random.default_rng(0)
+    data = TaskData("toy", rng.normal(size=(128, 5)).astype(np.float32), rng.integers(0, 3, 128),
+                    rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64), n_classes=3)
+    res = measure_population(models[0], objective_for(data), data, weights, [10], lay, list("abcd"),
+                             ["c1", "c1", "c2", "c2"], ["ok"] * 4, MetricsSpec(bezier_steps=5, lmc="weight"),
+                             lr=[0.1] * 4, optimizer="sgd", momentum=0.9)
+    assert all(note.startswith("lmc: ValueError: permutation_spec") for note in res.notes)
+    assert np.isfinite(res.per_model["hessian.trace"]).all() and np.isfinite(res.per_model["connectivity.mc"]).all()
+    assert set(res.pairs["alignment"]) == {"none"} and len(res.pairs) == 2

@@ -21,7 +21,7 @@ COLUMNS = {
     "train_loss / train_acc": "final mean cross-entropy (nats) / accuracy on the model's own "
                               "training samples and labels (label noise and subset included)",
     "test_loss / test_acc": "final mean cross-entropy / accuracy on the clean test set",
-    "ggap": "generalization gap: train_acc - test_acc",
+    "ggap": "generalization gap: train_acc - test_acc (tasks without accuracy: test_loss - train_loss)",
     "wall_time_s": "population wall time divided by its number of models (seconds)",
     "hessian.top_eig / hessian.trace": "top eigenvalue (power iteration) and trace (Hutchinson, "
                                        "Rademacher probes) of the training-loss Hessian at the final weights, "

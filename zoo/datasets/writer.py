@@ -103,7 +103,7 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
                    "split": splits[mid], "status": meta["status"][i],
                    "diverged_step": int(arrays["diverged_step"][i]),
                    "n_params": sum(t["end"] - t["start"] for t in meta["layout"] if t["trainable"]),
-                   **final, "ggap": final["train_acc"] - final["test_acc"],
+                   **final, "ggap": generalization_gap(final),
                    "wall_time_s": meta["wall_time_s"] / len(meta["model_ids"])}
             row.update({k[13:]: float(v[i]) for k, v in arrays.items() if k.startswith("model_metric/")})
             if "metrics_notes" in meta:
@@ -149,6 +149,13 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
         with contextlib.suppress(ValueError):  # fewer than two varying axes: no phase plane to draw
             phase_diagrams(models_df, out / "plots")
     write_manifest(out, spec, extra)
+
+
+def generalization_gap(final: dict) -> float:
+    """train_acc - test_acc for classification; test_loss - train_loss for tasks without accuracy."""
+    if "train_acc" in final and "test_acc" in final:
+        return final["train_acc"] - final["test_acc"]
+    return final.get("test_loss", float("nan")) - final.get("train_loss", float("nan"))
 
 
 def write_table(out: Path, name: str, table: pd.DataFrame, keep: set[str] | None = None) -> None:

@@ -2,20 +2,30 @@
 
 For each alignment, model B of every pair is permuted onto A (``matching``), the straight paths
 of all K pairs are scored as one batch of K x T states (``paths``), and the pair gets the barrier
-variants on loss and error, train and test, L2 distance and cosine similarity before/after, and
-the permutations themselves (so the aligned B can be rebuilt with ``apply_permutation``).
+variants on loss and error, train and test, L2 distance and cosine similarity, and the
+permutations themselves (so the aligned B can be rebuilt with ``apply_permutation``).
 
-Alignments: ``weight`` (weight matching), ``activation`` (activation matching on the probe batch),
-``weight+repair`` (weight matching, then REPAIR, Jordan et al. 2023: at every interpolated point
-each hidden unit's pre-activation is rescaled so its mean and std on the probe batch equal the
-interpolation of the endpoints' statistics; folded into the Linear layer's weights and bias, so the
-corrected network is another stacked state). REPAIR is implemented for Linear/activation stacks;
-for networks with BatchNorm every path point is evaluated with re-estimated BatchNorm statistics
-(the "reset" variant) for all alignments, so ``weight+repair`` is not emitted for them.
+Alignments:
 
-Optional extras: layer-wise barriers (Adilova et al.: one layer moves along the aligned path while
-the rest stays at A; ``layer_barrier.<layer>.train.loss``, max variant) and Ito et al.'s singular-vector
-alignment per layer (``svd_align.<tensor>.<left|right>_<before|after>``, weight matching rows).
+- ``none``: the raw pair (identity permutations).
+- ``weight``: weight matching (Ainsworth et al. 2023, Alg. 1).
+- ``activation``: activation matching on the probe batch.
+- ``weight+repair``: weight matching, then REPAIR (Jordan et al. 2023): at every interpolated point
+  each hidden unit's pre-activation is rescaled so its mean and std on the probe batch equal
+  (1 - t) stat_A + t stat_B. The per-unit affine correction is folded into the producing
+  Linear/Conv's weight rows and bias, so the corrected network is just another stacked state.
+  Implemented for ``nn.Sequential`` stacks of Linear/Conv/activation/pooling/Flatten with biases.
+
+Networks with BatchNorm are evaluated with BatchNorm statistics re-estimated on the probe batch at
+every path point, for every alignment (the standard reset, Ainsworth et al. 2023 App.; the same as
+``connectivity.linear_connectivity`` with ``bn_reset_x``). For them REPAIR is that reset (the BN
+output's mean/std become the interpolated shift/scale), so ``weight+repair`` adds nothing and is
+not emitted. Pairs may cross cells as long as the models share an architecture.
+
+Extras per alignment without ``+repair``: layer-wise barriers (Adilova et al. 2024: one layer moves
+along the aligned path while the rest stays at A; ``layer_barrier.<layer>.train.loss``, max variant)
+and Ito et al. (2024)'s singular-vector alignment per weight matrix
+(``svd_align.<tensor>.<left|right>_<before|after>``).
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
-from ..functional import ELEMENTWISE
 from .matching import (
     activation_matching,
     aligned_pairs,
     alignment_distances,
+    identity_perms,
     permutation_spec,
     singular_vector_alignment,
     weight_matching,
@@ -38,56 +49,100 @@ from .paths import barrier_variants, curves, evaluate_states, has_batchnorm, int
 
 Tensor = torch.Tensor
 
+ALIGNMENTS = ("none", "weight", "activation", "weight+repair")
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STATELESS = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
+              nn.Flatten, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+              nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
-def _plain_mlp(model: nn.Module) -> bool:
-    return isinstance(model, nn.Sequential) and all(isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE))
-                                                    for m in model)
+
+def repairable(model: nn.Module) -> bool:
+    """Whether ``repair`` applies: a Sequential of Linear/Conv (hidden ones with a bias) and stateless layers."""
+    if not isinstance(model, nn.Sequential) or not all(isinstance(m, _LAYERS + _STATELESS) for m in model):
+        return False
+    layers = [m for m in model if isinstance(m, _LAYERS)]
+    return len(layers) >= 2 and all(m.bias is not None for m in layers[:-1])
 
 
-def _pre(state: dict[str, Tensor], inp: Tensor, w: str, bias: str) -> Tensor:
-    z = torch.bmm(inp, state[w].transpose(1, 2))
-    return z + state[bias].unsqueeze(1) if bias in state else z
+def _run(name: str, m: nn.Module, state: dict[str, Tensor], h: Tensor) -> Tensor:
+    """Module ``m`` on stacked inputs h [N, B, ...]: per-state weights for Linear/Conv, shared otherwise."""
+    if isinstance(m, _LAYERS):
+        own = {p: state[f"{name}.{p}"] for p, _ in m.named_parameters()}
+        return vmap(lambda s, x: functional_call(m, s, (x,)))(own, h)
+    return m(h.flatten(0, 1)).unflatten(0, h.shape[:2])
+
+
+def _unit_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-unit mean and std [N, C] of pre-activations z [N, B, C, *spatial] over samples and positions."""
+    z = z.movedim(2, -1).reshape(z.shape[0], -1, z.shape[2])
+    return z.mean(1), z.std(1)
 
 
 @torch.no_grad()
 def repair(model: nn.Sequential, a: dict[str, Tensor], b: dict[str, Tensor], states: dict[str, Tensor],
            ts: Tensor, x: Tensor, eps: float = 1e-5) -> dict[str, Tensor]:
-    """REPAIR the K x T interpolated states (pair-major) of a Linear/activation stack.
+    """REPAIR the K x T interpolated ``states`` (pair-major, from ``interpolate(a, b, ts)``).
 
     Layer by layer (each correction changes what the next layer sees), every hidden unit's
-    pre-activation mean/std on x is set to (1-t) stat_A + t stat_B; the output layer is left alone.
+    pre-activation mean/std on the probe batch x [B, ...] (over samples and spatial positions) is
+    set to (1-t) stat_A + t stat_B by scaling the unit's weight row and bias:
+    ``W_i <- s_i W_i, b_i <- s_i b_i + (mu_i - s_i m_i)`` with ``s_i = sigma_i / (std_i + eps)``
+    and (m_i, std_i) the unit's current statistics. The output layer is left alone.
     """
+    if not repairable(model):
+        raise ValueError("repair: needs an nn.Sequential of Linear/Conv/activation/pooling/Flatten layers "
+                         "whose hidden Linear/Conv have biases (BatchNorm nets: reset statistics instead)")
+    was = model.training
+    model.eval()  # dropout off
+    try:
+        return _repair(model, a, b, states, ts, x, eps)
+    finally:
+        model.train(was)
+
+
+def _repair(model, a, b, states, ts, x, eps):
     k, t = next(iter(a.values())).shape[0], len(ts)
     out = {n: v.clone() for n, v in states.items()}
-    h_a = x.expand(k, *x.shape).to(next(iter(a.values())).dtype)
-    h_b, h = h_a, x.expand(k * t, *x.shape).to(h_a.dtype)
-    linears = [name for name, m in model.named_children() if isinstance(m, nn.Linear)]
-    tt = ts.to(h.dtype).repeat(k).view(-1, 1)
+    dtype = next(iter(a.values())).dtype
+    h_a = x.to(dtype).expand(k, *x.shape)
+    h_b, h = h_a, x.to(dtype).expand(k * t, *x.shape)
+    last = [name for name, m in model.named_children() if isinstance(m, _LAYERS)][-1]
+    tt = ts.to(dtype).repeat(k).view(-1, 1)
     for name, m in model.named_children():
-        if isinstance(m, nn.Flatten):
-            h_a, h_b, h = h_a.flatten(2), h_b.flatten(2), h.flatten(2)
-            continue
-        if not isinstance(m, nn.Linear):
-            h_a, h_b, h = m(h_a), m(h_b), m(h)
-            continue
-        w, bias = f"{name}.weight", f"{name}.bias"
-
-        z_a, z_b, z = _pre(a, h_a, w, bias), _pre(b, h_b, w, bias), _pre(out, h, w, bias)
-        if name != linears[-1]:
-            rep = lambda s: s.repeat_interleave(t, 0)  # noqa: E731
-            mu = (1 - tt) * rep(z_a.mean(1)) + tt * rep(z_b.mean(1))
-            sd = (1 - tt) * rep(z_a.std(1)) + tt * rep(z_b.std(1))
-            scale = sd / (z.std(1) + eps)
-            shift = mu - z.mean(1) * scale
-            out[w] = out[w] * scale.unsqueeze(-1)
-            out[bias] = out.get(bias, 0) * scale + shift
-            z = z * scale.unsqueeze(1) + shift.unsqueeze(1)
+        z_a, z_b, z = _run(name, m, a, h_a), _run(name, m, b, h_b), _run(name, m, out, h)
+        if isinstance(m, _LAYERS) and name != last:
+            (mu_a, sd_a), (mu_b, sd_b), (mu, sd) = _unit_stats(z_a), _unit_stats(z_b), _unit_stats(z)
+            mu_t = (1 - tt) * mu_a.repeat_interleave(t, 0) + tt * mu_b.repeat_interleave(t, 0)
+            sd_t = (1 - tt) * sd_a.repeat_interleave(t, 0) + tt * sd_b.repeat_interleave(t, 0)
+            scale = sd_t / (sd + eps)
+            shift = mu_t - mu * scale
+            w, bias = f"{name}.weight", f"{name}.bias"
+            out[w] = out[w] * scale.view(*scale.shape, *[1] * (out[w].dim() - 2))
+            out[bias] = out[bias] * scale + shift
+            z = _run(name, m, out, h)
         h_a, h_b, h = z_a, z_b, z
     return out
 
 
+def _repair_chunked(model, a, b, states, ts, x, budget: float = 3e7) -> dict[str, Tensor]:
+    """``repair`` over chunks of pairs so K x T x B x (largest activation) stays under ``budget`` numbers."""
+    with torch.no_grad():
+        h, widest = x[:1], x[:1].numel()
+        for m in model:
+            h = m(h)
+            widest = max(widest, h.numel())
+    k, t = next(iter(a.values())).shape[0], len(ts)
+    step = max(1, int(budget // (t * len(x) * widest)))
+    parts = []
+    for i in range(0, k, step):
+        sel = slice(i, i + step)
+        parts.append(repair(model, {n: v[sel] for n, v in a.items()}, {n: v[sel] for n, v in b.items()},
+                            {n: v[i * t:(i + step) * t] for n, v in states.items()}, ts, x))
+    return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+
+
 def _layer_groups(model: nn.Module, params: dict[str, Tensor]) -> dict[str, set[str]]:
-    """Layer name -> the parameter names that move together in layer-wise interpolation."""
+    """Layer name -> the parameter names that move together in layer-wise interpolation (weight and bias)."""
     groups = {}
     for name, m in model.named_modules():
         own = {f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)}
@@ -96,51 +151,77 @@ def _layer_groups(model: nn.Module, params: dict[str, Tensor]) -> dict[str, set[
     return groups
 
 
-def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor], pairs: Tensor,
-              splits: dict, probe_x: Tensor, alignments=("weight", "activation", "weight+repair"),
-              n_points: int = 11, layerwise: bool = True, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Aligned-path metrics for K same-cell pairs [K, 2]: (rows, permutations).
+def _barrier_columns(values: dict[str, np.ndarray], ts: Tensor) -> dict[str, object]:
+    cols: dict[str, object] = {}
+    for name, v in values.items():
+        cols[f"curve.{name}"] = list(v)
+        cols.update({f"barrier_{var}.{name}": x for var, x in barrier_variants(v, ts.numpy()).items()})
+    return cols
 
-    rows: one per (pair, alignment) with ``pair_index``, ``alignment``, ``barrier_<v>.<split>.<metric>``,
-    ``curve.<split>.<metric>`` and distances; permutations: {"<alignment>/<perm>": int array [K, n]}.
+
+def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor], pairs: Tensor,
+              splits: dict, probe_x: Tensor, alignments=ALIGNMENTS, n_points: int = 11, layerwise: bool = True,
+              seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Aligned-path metrics for K pairs [K, 2] of the stacked population ``params``/``buffers`` [M, ...].
+
+    ``splits``: {split: (x, y)} scored along every path; ``probe_x`` [B, ...]: the batch for
+    activation matching, REPAIR statistics and BatchNorm resets. Returns (rows, permutations):
+
+    rows: one per (pair, alignment), in alignment-major order, with ``pair_index``, ``alignment``,
+    ``curve.<split>.<metric>`` (T values), ``barrier_<max|lin|mid>.<split>.<metric>``, ``l2`` and
+    ``cosine`` (A vs aligned B), ``l2_before``/``cosine_before`` (raw pair) and, for alignments
+    without ``+repair``, ``svd_align.*`` and (``layerwise``) ``layer_barrier.<layer>.train.loss``.
+    permutations: {"<alignment>/<perm name>": int array [K, n]} mapping B onto A (``apply_permutation``).
     """
+    unknown = set(alignments) - set(ALIGNMENTS)
+    if unknown:
+        raise ValueError(f"lmc_pairs: unknown alignments {sorted(unknown)}; choose from {list(ALIGNMENTS)}")
+    pairs = torch.as_tensor(np.asarray(pairs), dtype=torch.long).reshape(-1, 2)
     spec = permutation_spec(model)
     ts = interpolation_points(n_points)
     k = len(pairs)
-    bn = has_batchnorm(model)
-    reset_x = probe_x if bn else None
-    matched: dict[str, dict] = {}
+    reset_x = probe_x if has_batchnorm(model) else None
+    matched: dict[str, dict[str, Tensor]] = {}
     tables, perms_out = [], {}
     for alignment in alignments:
-        base = alignment.split("+")[0]
-        if alignment == "weight+repair" and not _plain_mlp(model):
-            continue  # BatchNorm nets are reset at every point already; other archs: not implemented
+        base, _, fix = alignment.partition("+")
+        if fix == "repair" and (reset_x is not None or not repairable(model)):
+            continue  # BatchNorm nets: the reset at every point is REPAIR; other graphs: not implemented
         if base not in matched:
-            matched[base] = (weight_matching(spec, params, pairs, seed=seed)["perms"] if base == "weight"
-                             else activation_matching(model, spec, params, buffers, pairs, probe_x))
+            if base == "none":
+                matched[base] = identity_perms(spec, k)
+            elif base == "weight":
+                matched[base] = weight_matching(spec, params, pairs, seed=seed)["perms"]
+            else:
+                was = model.training
+                model.eval()
+                try:
+                    matched[base] = activation_matching(model, spec, params, buffers, pairs, probe_x)
+                finally:
+                    model.train(was)
         perms = matched[base]
         a, b = aligned_pairs(spec, {**params, **buffers}, pairs, perms)
         pa, pb = {n: a[n] for n in params}, {n: b[n] for n in params}
         ba, bb = {n: a[n] for n in buffers}, {n: b[n] for n in buffers}
         states = interpolate(pa, pb, ts)
-        if alignment.endswith("+repair"):
-            states = repair(model, pa, pb, states, ts, probe_x)
-        values = curves(evaluate_states(model, objective, states, interpolate(ba, bb, ts), splits, reset_x), k,
-                        n_points)
+        if fix == "repair":
+            states = _repair_chunked(model, pa, pb, states, ts, probe_x)
+        values = curves(evaluate_states(model, objective, states, interpolate(ba, bb, ts), splits, reset_x),
+                        k, n_points)
         cols: dict[str, object] = {"pair_index": np.arange(k), "alignment": alignment}
-        for name, v in values.items():
-            cols[f"curve.{name}"] = list(v)
-            cols.update({f"barrier_{var}.{name}": x for var, x in barrier_variants(v, ts.numpy()).items()})
+        cols.update(_barrier_columns(values, ts))
         dist = alignment_distances(spec, params, pairs, perms)
-        cols.update({key: v.numpy() for key, v in dist.items()})
-        if base == "weight" and alignment == "weight":
+        cols.update({"l2": dist["l2_after"].numpy(), "cosine": dist["cosine_after"].numpy(),
+                     "l2_before": dist["l2_before"].numpy(), "cosine_before": dist["cosine_before"].numpy()})
+        if not fix:
             for key, v in singular_vector_alignment(spec, params, pairs, perms).items():
                 cols["svd_align." + key.replace("/", ".")] = v.numpy()
-            if layerwise:
+            if layerwise and "train" in splits:
                 train = {"train": splits["train"]}
+                fixed_buffers = interpolate(ba, ba, ts)
                 for layer, names in _layer_groups(model, params).items():
                     moved = interpolate(pa, pb, ts, only=names)
-                    v = curves(evaluate_states(model, objective, moved, interpolate(ba, ba, ts), train, reset_x),
+                    v = curves(evaluate_states(model, objective, moved, fixed_buffers, train, reset_x),
                                k, n_points)["train.loss"]
                     cols[f"layer_barrier.{layer}.train.loss"] = barrier_variants(v, ts.numpy())["max"]
         tables.append(pd.DataFrame(cols))
@@ -149,4 +230,4 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), perms_out
 
 
-__all__ = ["lmc_pairs", "repair"]
+__all__ = ["ALIGNMENTS", "lmc_pairs", "repair", "repairable"]

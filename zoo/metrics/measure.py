@@ -30,6 +30,16 @@ class Measured:
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (model, step, layer)
 
 
+def attempt(problems: list[str], family: str, fn):
+    """Run one metric family; a family that cannot handle this architecture or task records why
+    (one line in ``metrics_note``) instead of costing the build its trained weights."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - any failure of an optional measurement is reported, not raised
+        problems.append(f"{family}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        return None
+
+
 def same_cell_pairs(cell_ids: list[str], ok: np.ndarray) -> Tensor:
     """[K, 2] index pairs (i < j) of healthy models sharing a cell, in population order."""
     pairs = [(i, j) for i in range(len(cell_ids)) for j in range(i + 1, len(cell_ids))
@@ -84,27 +94,30 @@ def _splits(data) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, data,
-                spec: MetricsSpec, lr: Tensor, optimizer: str, momentum: float) -> pd.DataFrame:
+                spec: MetricsSpec, lr: Tensor, optimizer: str, momentum: float,
+                problems: list[str] | None = None) -> pd.DataFrame:
     """One row per (pair, alignment): naive curves, barriers, Bezier mc and CKA on the "none"
     rows; aligned barriers, distances and permutations on the others. ``lr`` [K]: each pair's
     training learning rate (the Bezier bend's, unless metrics.bezier_lr is set)."""
     from .connectivity import bezier_connectivity, linear_connectivity
     from .similarity import pair_cka
 
+    problems = [] if problems is None else problems
     splits = _splits(data)
     probe = torch.as_tensor(data.x_test[:spec.probe_size])
     bn_x = torch.as_tensor(data.x_train[:spec.probe_size])
     cols: dict[str, np.ndarray] = {}
     if spec.connectivity:
-        cols.update(linear_connectivity(model, objective, params, buffers, pairs, splits,
-                                        n_points=spec.curve_points, bn_reset_x=bn_x))
+        cols.update(attempt(problems, "connectivity", lambda: linear_connectivity(
+            model, objective, params, buffers, pairs, splits, n_points=spec.curve_points, bn_reset_x=bn_x)) or {})
         if spec.bezier_steps:
-            cols.update(bezier_connectivity(
+            cols.update(attempt(problems, "bezier", lambda: bezier_connectivity(
                 model, objective, params, buffers, pairs, splits, splits["train"][0], splits["train"][1],
                 steps=spec.bezier_steps, lr=torch.full_like(lr, spec.bezier_lr) if spec.bezier_lr else lr,
-                optimizer=optimizer, momentum=momentum, n_points=spec.curve_points, seed=0, bn_reset_x=bn_x))
+                optimizer=optimizer, momentum=momentum, n_points=spec.curve_points, seed=0, bn_reset_x=bn_x)) or {})
     if spec.cka and data.kind == "classification":
-        cols.update({k: np.asarray(v) for k, v in pair_cka(model, params, buffers, pairs, probe).items()})
+        cka = attempt(problems, "cka", lambda: pair_cka(model, params, buffers, pairs, probe)) or {}
+        cols.update({k: np.asarray(v) for k, v in cka.items()})
     rows = pd.DataFrame({"pair_index": np.arange(len(pairs)), "alignment": "none"})
     for k, v in cols.items():
         v = np.asarray(v)
@@ -114,8 +127,9 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
         from .lmc import lmc_pairs
 
         alignments = ("weight",) if spec.lmc == "weight" else ("weight", "activation", "weight+repair")
-        aligned, perms = lmc_pairs(model, objective, params, buffers, pairs, splits, probe,
-                                   alignments=alignments, n_points=spec.curve_points, layerwise=spec.lmc == "all")
+        aligned, perms = attempt(problems, "lmc", lambda: lmc_pairs(
+            model, objective, params, buffers, pairs, splits, probe, alignments=alignments,
+            n_points=spec.curve_points, layerwise=spec.lmc == "all")) or (pd.DataFrame(), {})
         for key, value in perms.items():  # "<alignment>/<perm name>" -> [K, n]
             alignment, _, name = key.partition("/")
             sel = aligned["alignment"] == alignment
@@ -123,7 +137,8 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
             for row in np.flatnonzero(sel.to_numpy()):
                 col[row] = np.asarray(value)[aligned["pair_index"].iloc[row]]
             aligned[f"perm.{name}"] = col
-        tables.append(aligned)
+        if len(aligned):
+            tables.append(aligned)
     return pd.concat(tables, ignore_index=True)
 
 
@@ -163,11 +178,13 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
     params, buffers = from_flat(final, layout)
     params, buffers = _subset(params, idx), _subset(buffers, idx)
     model.eval()
+    problems: list[str] = []
 
     if spec.hessian and data.kind != "pinn":
-        for k, v in hessian_columns(model, params, buffers, data, spec).items():
+        for k, v in (attempt(problems, "hessian", lambda: hessian_columns(model, params, buffers, data, spec))
+                     or {}).items():
             result.per_model[k] = _scatter(v, idx, m)
-        if spec.hessian_checkpoints:  # sharpness along training: top eigenvalue and trace per checkpoint
+        if spec.hessian_checkpoints and "hessian.trace" in result.per_model:  # sharpness along training
             sharp = {name: np.full((len(steps), m), np.nan) for name in ("hessian.top_eig", "hessian.trace")}
             for k in range(len(steps)):
                 p_k, b_k = from_flat(torch.as_tensor(weights[k]), layout)
@@ -179,30 +196,17 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
                     sharp[name][k, idx[ok_k]] = cols[name]
             result.per_checkpoint = sharp
     elif spec.hessian:
-        result.notes = [n or "pinn: Hessian of the physics loss is not computed" for n in notes]
+        problems.append("hessian: not computed for the physics-informed loss")
 
     if spec.spectral:
-        from .spectral import spectral_tables
-
-        chosen = range(len(steps)) if spec.spectral_checkpoints == "all" else [len(steps) - 1]
-        layer_tables = []
-        for k in chosen:
-            p_k, _ = from_flat(torch.as_tensor(weights[k]), layout)
-            layers, summary = spectral_tables(model, _subset(p_k, idx), [model_ids[i] for i in idx], steps[k],
-                                              farms=spec.farms)
-            layer_tables.append(layers)
-            if k == len(steps) - 1:
-                summary = summary.set_index("model_id").reindex(model_ids)
-                for col in summary.columns:
-                    result.per_model[col] = summary[col].to_numpy(dtype=np.float64)
-        result.layers = pd.concat(layer_tables, ignore_index=True)
+        attempt(problems, "spectral", lambda: _spectral(model, weights, steps, layout, model_ids, idx, spec, result))
 
     cells = [cell_ids[i] for i in idx]
     pairs = same_cell_pairs(cells, np.ones(len(idx), bool))
     if len(pairs) and (spec.connectivity or spec.cka or spec.lmc != "none"):
         pair_lr = torch.tensor([lr[idx[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)
         table = pair_tables(model, objective, params, buffers, pairs, data, spec, lr=pair_lr,
-                            optimizer=optimizer, momentum=momentum)
+                            optimizer=optimizer, momentum=momentum, problems=problems)
         a, b = idx[pairs[:, 0].numpy()], idx[pairs[:, 1].numpy()]
         k = table["pair_index"].to_numpy()
         table.insert(0, "model_a", [model_ids[i] for i in a[k]])
@@ -211,7 +215,28 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
         table["index_a"], table["index_b"] = a[k], b[k]
         result.per_model.update(pair_means(table, PAIR_SUMMARIES, m))
         result.pairs = table.drop(columns=["pair_index", "index_a", "index_b"])
+    if problems:
+        note = "; ".join(problems)
+        result.notes = [n or note if i in set(idx.tolist()) else n for i, n in enumerate(result.notes)]
     return result
+
+
+def _spectral(model, weights, steps, layout, model_ids, idx, spec, result) -> None:
+    """Spectral tables of the chosen checkpoints; the final one's summary goes to the model rows."""
+    from .spectral import spectral_tables
+
+    chosen = range(len(steps)) if spec.spectral_checkpoints == "all" else [len(steps) - 1]
+    layer_tables = []
+    for k in chosen:
+        p_k, _ = from_flat(torch.as_tensor(weights[k]), layout)
+        layers, summary = spectral_tables(model, _subset(p_k, idx), [model_ids[i] for i in idx], steps[k],
+                                          farms=spec.farms)
+        layer_tables.append(layers)
+        if k == len(steps) - 1:
+            summary = summary.set_index("model_id").reindex(model_ids)
+            for col in summary.columns:
+                result.per_model[col] = summary[col].to_numpy(dtype=np.float64)
+    result.layers = pd.concat(layer_tables, ignore_index=True)
 
 
 __all__ = ["Measured", "PAIR_SUMMARIES", "hessian_columns", "measure_population", "pair_means", "pair_tables",
