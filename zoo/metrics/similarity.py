@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..kernels import gram_hsic
+
 Tensor = torch.Tensor
 
 
@@ -83,9 +85,10 @@ def pair_cka(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Ten
     if kind not in ("linear", "rbf"):
         raise ValueError(f"kind must be linear or rbf, got {kind!r}")
     reps = representations(model, params, buffers, x)
-    fn = linear_cka if kind == "linear" else rbf_cka
+    if kind == "linear":  # the kernels dispatcher: Triton on CUDA, the same formula in torch elsewhere
+        return {f"cka.{name}": gram_hsic(r.double(), pairs)["cka"].cpu().numpy() for name, r in reps.items()}
     a, b = pairs[:, 0], pairs[:, 1]
-    return {f"cka.{name}": fn(r[a], r[b]).numpy() for name, r in reps.items()}
+    return {f"cka.{name}": rbf_cka(r[a], r[b]).numpy() for name, r in reps.items()}
 
 
 __all__ = ["linear_cka", "pair_cka", "rbf_cka", "representations"]
