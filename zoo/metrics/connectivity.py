@@ -2,18 +2,27 @@
 
 All K pairs of a population are one batch: the T points of every path are K x T stacked states
 scored by ``paths.evaluate_states`` (one vmapped/batched forward per data chunk), and the K Bezier
-bends train together as one [K, ...] parameter set.
+bends train together as one [K, ...] parameter set (one population forward + autograd per step).
 
-Bezier mode connectivity (Garipov et al. 2018; as in Yang et al. 2021 and the reference zoo):
-phi(t) = (1-t)^2 w0 + 2t(1-t) theta + t^2 w1, theta initialised at the midpoint and trained with
-t ~ U(0, 1) drawn per step and per pair, using the task's optimizer. Evaluated at ``n_points``
-evenly spaced t with BatchNorm statistics re-estimated at each point, then
+Linear paths: ``curve.<split>.<metric>`` [K, T] at T evenly spaced t, and the barrier variants of
+``paths`` (``barrier_max``, ``barrier_lin``, ``barrier_mid``; positive = a barrier).
+
+Bezier mode connectivity (Garipov et al. 2018; as in Yang et al. 2021 and the phase-transition zoo):
+phi(t) = (1-t)^2 w0 + 2t(1-t) theta + t^2 w1, the bend theta initialised at the midpoint (w0+w1)/2
+and trained with the task's optimizer (SGD with momentum or Adam, the pair's lr), t ~ U(0, 1)
+drawn per step and per pair. Evaluated at ``n_points`` evenly spaced t with BatchNorm statistics
+re-estimated at each point, then
 
     mc = (v(0) + v(1)) / 2 - v(t*),   t* = argmax over interior points of |v(t) - (v(0) + v(1)) / 2|
 
-Sign convention (the reference zoo's): mc < 0 means a barrier along the best curve found, mc > 0
-a curve that dips below its endpoints, mc ~ 0 a flat, well connected path. Endpoints are left out
-of the argmax: there |v(t) - mean| is only half the endpoint difference, not a property of the path.
+Sign convention (Yang et al. 2021 and the reference zoo, as in REFERENCES.md): mc < 0 means a
+barrier along the best curve found (poorly connected), mc > 0 a curve that dips below its endpoints
+(a "hidden" valley), mc ~ 0 a flat, well connected path. Note the opposite sign to the linear
+``barrier_*`` columns. Endpoints are left out of the argmax: there |v(t) - mean| is only half the
+endpoint difference, not a property of the path.
+
+Randomness: each pair (i, j) draws its t's and minibatches from its own stream, seeded by
+(seed, i, j), so a pair's bend is the same whether it trains alone or with any other pairs.
 """
 
 from __future__ import annotations
@@ -23,13 +32,22 @@ import torch
 from torch import nn
 
 from ..functional import make_forward
-from .paths import barrier_variants, curves, evaluate_states, interpolate, interpolation_points
+from .paths import barrier_variants, curves, evaluate_states, has_batchnorm, interpolate, interpolation_points
 
 Tensor = torch.Tensor
 
+BN_RESET_SIZE = 1024  # training samples that re-estimate BatchNorm statistics when none are given
+
 
 def _side(state: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
-    return {k: v.index_select(0, idx) for k, v in state.items()}
+    return {k: v.index_select(0, idx.to(v.device)) for k, v in state.items()}
+
+
+def _pairs(pairs) -> Tensor:
+    pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must be [K, 2] model indices, got {tuple(pairs.shape)}")
+    return pairs
 
 
 def linear_connectivity(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor],
@@ -37,8 +55,10 @@ def linear_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
                         bn_reset_x: Tensor | None = None) -> dict[str, np.ndarray]:
     """Curves [K, T] and barrier variants [K] of the straight paths between the K pairs.
 
-    Keys: ``curve.<split>.<metric>`` and ``barrier_<max|lin|mid>.<split>.<metric>``.
+    Keys: ``curve.<split>.<metric>`` and ``barrier_<max|lin|mid>.<split>.<metric>``. Buffers are
+    interpolated too; ``bn_reset_x`` re-estimates BatchNorm statistics at every point instead.
     """
+    pairs = _pairs(pairs)
     ts = interpolation_points(n_points)
     a, b = pairs[:, 0], pairs[:, 1]
     states = interpolate(_side(params, a), _side(params, b), ts)
@@ -52,58 +72,89 @@ def linear_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
 
 def bezier_states(w0: dict[str, Tensor], bend: dict[str, Tensor], w1: dict[str, Tensor], t: Tensor
                   ) -> dict[str, Tensor]:
-    """phi(t) for per-pair t [K] (one point per pair) -> stacked [K, ...]."""
+    """phi(t) for per-state t [K] (one point per stacked state) -> stacked [K, ...]."""
     out = {}
     for name, v0 in w0.items():
-        tt = t.to(v0.dtype).view(-1, *[1] * (v0.dim() - 1))
+        tt = t.to(v0).view(-1, *[1] * (v0.dim() - 1))
         out[name] = (1 - tt) ** 2 * v0 + 2 * tt * (1 - tt) * bend[name] + tt ** 2 * w1[name]
     return out
 
 
 def mode_connectivity(curve: np.ndarray) -> np.ndarray:
-    """mc [K] of curves [K, T] (module docstring convention: mc < 0 is a barrier)."""
+    """mc [K] of curves [K, T >= 3] (module docstring convention: mc < 0 is a barrier)."""
     v = np.asarray(curve, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] < 3:
+        raise ValueError(f"mc needs curves [K, T >= 3] (an interior point), got {v.shape}")
     ends = (v[:, 0] + v[:, -1]) / 2
     inner = v[:, 1:-1]
     star = np.abs(inner - ends[:, None]).argmax(1)
     return ends - inner[np.arange(len(v)), star]
 
 
+def _pair_draws(pairs: Tensor, n: int, steps: int, batch_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Per-pair t [K, steps] and minibatch indices [K, steps, B], each pair from its own stream."""
+    ts, idx = [], []
+    for i, j in pairs.tolist():
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, j]).generate_state(1)[0]))
+        ts.append(torch.rand(steps, generator=g, dtype=torch.float64))
+        idx.append(torch.randint(0, n, (steps, batch_size), generator=g))
+    return torch.stack(ts), torch.stack(idx)
+
+
 def train_bends(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor], pairs: Tensor,
                 train_x: Tensor, train_y: Tensor, steps: int, lr: float | Tensor, optimizer: str = "sgd",
                 momentum: float = 0.9, batch_size: int = 64, seed: int = 0,
-                betas: tuple[float, float] = (0.9, 0.999)) -> dict[str, Tensor]:
-    """Train the K bends (one per pair) together; ``lr`` is a float or per-pair [K]."""
+                betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0) -> dict[str, Tensor]:
+    """Train the K bends (one per pair) together -> stacked bends [K, ...].
+
+    ``lr`` is a float or per-pair [K]; the updates are the population trainer's (SGD: buf = mom *
+    buf + g, theta -= lr * buf; Adam with bias correction). A pair whose loss or gradient stops
+    being finite keeps its last finite bend (as a diverged model is frozen in training).
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+    pairs = _pairs(pairs)
     a, b = pairs[:, 0], pairs[:, 1]
     w0, w1 = _side(params, a), _side(params, b)
     bufs = {k: v.clone() for k, v in _side(buffers, a).items()}
-    bend = {k: ((w0[k] + w1[k]) / 2).detach().clone().requires_grad_(True) for k in w0}
+    bend = {k: torch.lerp(w0[k], w1[k], 0.5).detach().clone().requires_grad_(True) for k in w0}
     k_pairs = len(pairs)
-    lr = torch.as_tensor(lr, dtype=torch.float64).expand(k_pairs)
-    state = {k: torch.zeros_like(v) for k, v in bend.items()}
-    second = {k: torch.zeros_like(v) for k, v in bend.items()}
-    g = torch.Generator().manual_seed(seed)
+    ref = next(iter(bend.values()))
+    lr = torch.as_tensor(lr, dtype=ref.dtype, device=ref.device).expand(k_pairs)
+    buf = {k: torch.zeros_like(v) for k, v in bend.items()}
+    buf2 = {k: torch.zeros_like(v) for k, v in bend.items()} if optimizer == "adam" else None
+    t_all, idx_all = _pair_draws(pairs, len(train_x), steps, batch_size, seed)
+    t_all, idx_all = t_all.to(ref.device), idx_all.to(train_x.device)
     forward = make_forward(model)
     was = model.training
-    model.train()  # BatchNorm uses batch statistics while the bends train
+    model.train()  # BatchNorm normalises with batch statistics while the bends train
     try:
-        for step in range(1, steps + 1):
-            t = torch.rand(k_pairs, generator=g, dtype=torch.float64)
-            idx = torch.randint(0, len(train_x), (k_pairs, batch_size), generator=g)
-            loss = objective.batch_loss(forward, bezier_states(w0, bend, w1, t), bufs, train_x[idx], train_y[idx])
+        for step in range(steps):
+            idx = idx_all[:, step]
+            phi = bezier_states(w0, bend, w1, t_all[:, step])
+            loss = objective.batch_loss(forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
             grads = torch.autograd.grad(loss.sum(), list(bend.values()))
             with torch.no_grad():
-                for (name, p), grad in zip(bend.items(), grads, strict=True):
-                    rate = lr.to(p.dtype).view(-1, *[1] * (p.dim() - 1))
-                    if optimizer == "adam":
-                        state[name].mul_(betas[0]).add_(grad, alpha=1 - betas[0])
-                        second[name].mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
-                        m_hat = state[name] / (1 - betas[0] ** step)
-                        v_hat = second[name] / (1 - betas[1] ** step)
-                        p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
+                ok = loss.detach().isfinite()
+                for grad in grads:
+                    ok &= grad.flatten(1).sum(1).isfinite()
+                scale = torch.where(ok, lr, 0.0)
+                for (name, p), g in zip(bend.items(), grads, strict=True):
+                    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                    if weight_decay:
+                        g = g.add(p, alpha=weight_decay)
+                    keep = ok.view(-1, *[1] * (p.dim() - 1))
+                    if optimizer == "sgd":
+                        new = torch.add(g, buf[name], alpha=momentum)
+                        update = new
                     else:
-                        state[name].mul_(momentum).add_(grad)
-                        p.sub_(rate * state[name])
+                        b1, b2 = betas
+                        new = torch.lerp(buf[name], g, 1 - b1)
+                        new2 = torch.lerp(buf2[name], g * g, 1 - b2)
+                        update = (new / (1 - b1 ** (step + 1))) / (new2 / (1 - b2 ** (step + 1))).sqrt().add(1e-8)
+                        buf2[name] = torch.where(keep, new2, buf2[name])
+                    buf[name] = torch.where(keep, new, buf[name])
+                    p.sub_(scale.view_as(keep) * update)
     finally:
         model.train(was)
     return {k: v.detach() for k, v in bend.items()}
@@ -113,11 +164,18 @@ def bezier_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
                         pairs: Tensor, splits: dict, train_x: Tensor, train_y: Tensor, steps: int = 200,
                         lr: float | Tensor = 0.01, optimizer: str = "sgd", momentum: float = 0.9,
                         batch_size: int = 64, n_points: int = 11, seed: int = 0,
-                        bn_reset_x: Tensor | None = None) -> dict[str, np.ndarray]:
+                        bn_reset_x: Tensor | None = None, weight_decay: float = 0.0) -> dict[str, np.ndarray]:
     """Train a Bezier bend per pair, evaluate its curve: ``mc.<split>.<metric>`` [K] and
-    ``bezier_curve.<split>.<metric>`` [K, T]."""
+    ``bezier_curve.<split>.<metric>`` [K, T].
+
+    BatchNorm statistics are re-estimated at every evaluated point on ``bn_reset_x``, by default
+    the first ``BN_RESET_SIZE`` training samples (the endpoints' statistics do not fit the bend).
+    """
+    pairs = _pairs(pairs)
     bend = train_bends(model, objective, params, buffers, pairs, train_x, train_y, steps, lr, optimizer,
-                       momentum, batch_size, seed)
+                       momentum, batch_size, seed, weight_decay=weight_decay)
+    if bn_reset_x is None and has_batchnorm(model):
+        bn_reset_x = train_x[:BN_RESET_SIZE]
     a, b = pairs[:, 0], pairs[:, 1]
     w0, w1 = _side(params, a), _side(params, b)
     ts = interpolation_points(n_points)

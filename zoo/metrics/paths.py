@@ -44,7 +44,7 @@ def interpolate(a: dict[str, Tensor], b: dict[str, Tensor], ts: Tensor,
         if only is not None and name not in only or not va.is_floating_point():
             out[name] = va.repeat_interleave(len(ts), 0)
             continue
-        t = ts.to(va.dtype).view(1, -1, *[1] * (va.dim() - 1))
+        t = ts.to(va).view(1, -1, *[1] * (va.dim() - 1))
         out[name] = torch.lerp(va.unsqueeze(1), b[name].unsqueeze(1), t).reshape(k * len(ts), *va.shape[1:])
     return out
 
@@ -126,7 +126,7 @@ def barrier_variants(curve: Tensor | np.ndarray, ts: Tensor | np.ndarray) -> dic
 
 def curves(values: dict[str, Tensor], k: int, t: int) -> dict[str, np.ndarray]:
     """Reshape flat per-state metrics [K * T] (pair-major) into curves [K, T]."""
-    return {name: v.double().reshape(k, t).numpy() for name, v in values.items()}
+    return {name: v.double().reshape(k, t).cpu().numpy() for name, v in values.items()}
 
 
 __all__ = ["barrier_variants", "curves", "evaluate_states", "has_batchnorm", "interpolate",
