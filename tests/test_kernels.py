@@ -237,6 +237,26 @@ def test_population_cross_entropy_triton_matches_reference(triton_cpu, c, scale)
     _close(gz, gr, 1e-5, 1e-6)
 
 
+def test_population_cross_entropy_keeps_float64_and_lifts_bf16_to_float32():
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(2, 5, 7, generator=g, dtype=torch.float64), torch.randint(0, 7, (2, 5), generator=g)
+    exact = torch.stack([F.cross_entropy(z[i], y[i]) for i in range(2)])
+    assert zk.population_cross_entropy(z, y).dtype == torch.float64
+    torch.testing.assert_close(zk.population_cross_entropy(z, y), exact, rtol=1e-14, atol=0)
+    low = zk.population_cross_entropy(z.bfloat16(), y)
+    assert low.dtype == torch.float32
+    _close(low, exact, 2e-2, 2e-2)
+
+
+@needs_triton
+def test_population_cross_entropy_triton_bf16_returns_float32(triton_cpu):
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(2, 9, 13, generator=g).bfloat16(), torch.randint(0, 13, (2, 9), generator=g)
+    got = zk.population_cross_entropy(z, y)
+    assert got.dtype == torch.float32
+    _close(got, grouped.population_cross_entropy_torch(z, y), 1e-5, 1e-5)
+
+
 # ---------------------------------------------------------------- powerlaw_scan
 
 
@@ -287,7 +307,7 @@ def test_powerlaw_scan_mask_and_lengths_select_the_same_entries():
     mask = torch.arange(ev.shape[1])[None, :] < lengths[:, None]
     a = tailfit.powerlaw_scan_torch(ev, lengths)
     b = tailfit.powerlaw_scan_torch(ev, mask=mask)
-    c = tailfit.powerlaw_scan_torch(ev, lengths, chunk=7)  # chunking changes nothing
+    c = tailfit.powerlaw_scan_torch(ev, lengths, tile=100)  # tiny blocks change nothing
     for key in ("alpha", "D", "best"):
         torch.testing.assert_close(a[key], b[key], equal_nan=True)
         torch.testing.assert_close(a[key], c[key], equal_nan=True)

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import kernels as zk
+
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
 
@@ -142,35 +144,42 @@ def population_forward(
     return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, buffers, x)
 
 
-def _is_plain_sequential(model: nn.Module) -> bool:
+def is_linear_stack(model: nn.Module) -> bool:
+    """An nn.Sequential of Linear, Flatten and elementwise activations only (the fast paths)."""
     return isinstance(model, nn.Sequential) and all(
         isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE)) for m in model)
 
 
-def make_forward(model: nn.Module):
+def make_forward(model: nn.Module, kernels: bool = True):
     """forward(params, buffers, x [M, B, ...]) -> outputs [M, B, ...] for a population.
 
-    Plain Linear/activation stacks use explicit batched matmuls (baddbmm), the fast path;
-    any other module goes through ``vmap(functional_call)``. Both give the same numbers.
+    Plain Linear/activation stacks run as one batched matmul per layer for the whole population
+    (``zoo.kernels.population_linear``: torch.baddbmm on CPU, the fused Triton GEMM with the ReLU
+    in its epilogue on CUDA), the fast path; any other module goes through
+    ``vmap(functional_call)``. Both give the same numbers. ``kernels=False`` keeps the fast path on
+    plain torch ops (for callers that vmap over the backward pass or need float64 throughout).
     """
-    if not _is_plain_sequential(model):
+    if not is_linear_stack(model):
         return lambda p, b, x: population_forward(model, p, b, x, shared_input=False)
+    linear = zk.population_linear if kernels else zk.population_linear_torch
 
     steps = []
-    for name, m in model.named_children():
+    children = list(model.named_children())
+    for i, (name, m) in enumerate(children):
         if isinstance(m, nn.Linear):
-            steps.append(("linear", f"{name}.weight", f"{name}.bias" if m.bias is not None else None))
+            fuse_relu = i + 1 < len(children) and type(children[i + 1][1]) is nn.ReLU
+            steps.append(("linear", f"{name}.weight", f"{name}.bias" if m.bias is not None else None,
+                          "relu" if fuse_relu else "none"))
         elif isinstance(m, nn.Flatten):
-            steps.append(("flatten", None, None))
-        else:
-            steps.append(("act", m, None))
+            steps.append(("flatten", None, None, None))
+        elif not (type(m) is nn.ReLU and steps and steps[-1][3] == "relu"):
+            steps.append(("act", m, None, None))
 
     def forward(p, b, x):
         h = x
-        for kind, a, bias in steps:
+        for kind, a, bias, act in steps:
             if kind == "linear":
-                w = p[a].transpose(1, 2)
-                h = torch.baddbmm(p[bias].unsqueeze(1), h, w) if bias else torch.bmm(h, w)
+                h = linear(h, p[a], p[bias] if bias else None, act)
             elif kind == "flatten":
                 h = h.flatten(2)
             else:

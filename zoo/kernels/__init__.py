@@ -77,6 +77,10 @@ def population_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     activation 'none' | 'relu'. Returns [M, B, out]; differentiable.
     """
     if backend(x, weight, bias) == "triton":
+        if torch.is_autocast_enabled(x.device.type):  # autograd.Functions are not autocast
+            dt = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dt), weight.to(dt)
+            bias = None if bias is None else bias.to(dt)
         return PopulationLinear.apply(x, weight, bias, activation)
     return population_linear_torch(x, weight, bias, activation)
 

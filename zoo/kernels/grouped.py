@@ -58,10 +58,16 @@ def population_linear_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 def population_cross_entropy_torch(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Reference: per-model mean cross-entropy, logits [M, B, C], labels [M, B] (int) -> [M]."""
+    """Reference: per-model mean cross-entropy, logits [M, B, C], labels [M, B] (int) -> [M], in
+    float32 (float64 for float64 logits), as torch's autocast computes a cross-entropy."""
     m, b, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(m * b, c).float(), labels.reshape(m * b), reduction="none")
-    return loss.reshape(m, b).mean(1).to(logits.dtype)
+    loss = F.cross_entropy(logits.reshape(m * b, c).to(_loss_dtype(logits)), labels.reshape(m * b),
+                           reduction="none")
+    return loss.reshape(m, b).mean(1)
+
+
+def _loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
 if HAS_TRITON:
@@ -234,7 +240,7 @@ class PopulationCrossEntropy(torch.autograd.Function):
                                                          BR=br, BC=bc)
         ctx.save_for_backward(z, lab, lse)
         ctx.shape = (m, b, c)
-        return loss.reshape(m, b).mean(1).to(logits.dtype)
+        return loss.reshape(m, b).mean(1).to(_loss_dtype(logits))
 
     @staticmethod
     def backward(ctx, grad_loss):

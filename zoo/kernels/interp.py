@@ -39,16 +39,22 @@ from ._triton import HAS_TRITON, cdiv, dot_flags, gemm_blocks, jit, tl
 ACTIVATIONS = {"none": 0, "relu": 1}
 
 
+def _points(t) -> torch.Tensor:
+    t = torch.as_tensor(t)
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
+
+
 def linear_coeffs(t: torch.Tensor) -> torch.Tensor:
-    """[T] -> [T, 2]: coefficients ((1-t), t) of the straight line between two endpoints."""
-    t = torch.as_tensor(t, dtype=torch.float32)
+    """[T] -> [T, 2]: coefficients ((1-t), t) of the straight line between two endpoints
+    (float32, or t's dtype when t is float64)."""
+    t = _points(t)
     return torch.stack([1 - t, t], dim=-1)
 
 
 def bezier_coeffs(t: torch.Tensor) -> torch.Tensor:
     """[T] -> [T, 3]: quadratic Bezier coefficients ((1-t)^2, 2t(1-t), t^2) for (theta_0, bend,
     theta_1), as in Garipov et al. 2018 and the phase-transition zoo."""
-    t = torch.as_tensor(t, dtype=torch.float32)
+    t = _points(t)
     return torch.stack([(1 - t) ** 2, 2 * t * (1 - t), t**2], dim=-1)
 
 

@@ -29,16 +29,18 @@ meaningless D there); (3) WWFit switches to a bias-corrected small-sample object
 in WWFit (checked: a Pareto(2.5) sample where the KS-best alpha is 3.41 gives powerlaw.Fit
 alpha = 3.0 at another xmin, WWFit and this scan alpha = 3.41).
 
-The reference (``powerlaw_scan_torch``) forms the [R, i, j] tile of |F_i(l_j) - S_i(j)| in float64,
-in chunks of candidates (O(R·chunk·n) memory). alpha_i comes from float64 suffix sums of ln l_j
-(O(R·n)) in both paths; the Triton kernel does only the O(n^2) KS part, in fp32.
+The reference (``powerlaw_scan_torch``) forms the upper triangle of |F_i(l_j) - S_i(j)| in float64,
+in blocks of candidates sized to stay in cache and updated in place (O(tile) memory). alpha_i comes
+from float64 suffix sums of ln l_j (O(R·n)) in both paths; the Triton kernel does only the O(n^2)
+KS part, in fp32.
 
 When it pays: the scan is sum_i (L - i) ~ L^2/2 evaluations of exp per row, each needing one
 load that stays in cache, so it is compute (exp) bound: 8,100 pooled FARMS eigenvalues is 33 M exps
-per layer. The float64 reference ran at ~11 M (i, j) evaluations per second on one CPU core
-(benchmarks/kernels.py, 64 rows x 512), i.e. ~3 s per such layer, and allocates R x chunk x n work
-tensors; the kernel streams the j axis in tiles, keeps one running max per candidate in registers
-and uses fp32 exp, so on a GPU it is bound by the SFU exp throughput.
+per layer. The float64 reference runs ~290-330 M (i, j) evaluations per second on one core of the
+dev machine (64 rows x 512 and 1 row x 8,100; an earlier full-square, allocate-per-op version ran
+~11 M/s and took 40% of a default build), i.e. ~0.1 s per pooled FARMS layer. The kernel streams
+the j axis in tiles, keeps one running max per candidate in registers and uses fp32 exp, so on a
+GPU it is bound by the SFU exp throughput.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _finish(x, length, alpha, d, cand, dtype) -> dict[str, torch.Tensor]:
 
 
 def powerlaw_scan_torch(evals: torch.Tensor, lengths: torch.Tensor | None = None,
-                        mask: torch.Tensor | None = None, chunk: int = 256) -> dict[str, torch.Tensor]:
+                        mask: torch.Tensor | None = None, tile: int = 1 << 18) -> dict[str, torch.Tensor]:
     """Reference scan in float64 (see the module docstring for the formulas and the convention).
 
     evals [R, n] (any order; or [n]); lengths [R] (entries at positions >= lengths[r] are ignored)
@@ -116,23 +118,32 @@ def powerlaw_scan_torch(evals: torch.Tensor, lengths: torch.Tensor | None = None
     ``alpha`` [R, n] and ``D`` [R, n] per candidate index into ``sorted`` (nan / inf where i is not a
     candidate), ``best`` [R] (argmin of D, -1 for rows with < 2 valid values), ``xmin``,
     ``alpha_best``, ``D_best`` [R]. Float64 in, float64 out; otherwise float32 out.
+
+    Candidates are taken in blocks [i0, i0 + c) against the columns j >= i0 only (the upper
+    triangle), with c chosen so a [R, c, n - i0] work tile has about ``tile`` entries and stays in
+    cache while it is updated in place. Masking is by clamping: exp(min(e (ln l_j - ln l_i), 0)) and
+    S clamped to [0, 1] give |F - S| = 0 for j < i, and ln l_j = +inf beyond a row's length gives
+    F = S = 1 there.
     """
     dtype = evals.dtype
     x, length = _prepare(evals, lengths, mask)
     alpha, logx, cand = _alpha(x, length)
     r, n = x.shape
     idx = torch.arange(n, device=x.device)
-    j_ok = idx[None, None, :] < length[:, None, None]  # [R, 1, n]
-    expo = (1 - torch.where(torch.isfinite(alpha), alpha, 2.0))  # finite stand-in; fixed in _finish
-    n_i = (length[:, None] - idx[None, :]).clamp(min=1).double()
+    lx = logx.masked_fill(idx[None, :] >= length[:, None], math.inf)
+    expo = 1 - torch.where(torch.isfinite(alpha), alpha, 2.0)  # 1 - alpha <= 0; finite stand-in
+    inv_n = 1 / (length[:, None] - idx[None, :]).clamp(min=1).double()
     d = torch.empty(r, n, dtype=torch.float64, device=x.device)
-    for i0 in range(0, n, chunk):
-        ii = idx[i0:i0 + chunk]
-        ratio = logx[:, None, :] - logx[:, i0:i0 + chunk, None]  # ln(l_j / l_i), [R, c, n]
-        fit = 1 - torch.exp(expo[:, i0:i0 + chunk, None] * ratio)
-        emp = (idx[None, None, :] - ii[None, :, None]).double() / n_i[:, i0:i0 + chunk, None]
-        ok = j_ok & (idx[None, None, :] >= ii[None, :, None])
-        d[:, i0:i0 + chunk] = torch.where(ok, (fit - emp).abs(), 0.0).amax(2)
+    i0 = 0
+    while i0 < n:
+        c = max(1, min(n - i0, tile // max(1, r * (n - i0))))
+        block = slice(i0, i0 + c)
+        t = lx[:, None, i0:] - lx[:, block, None]  # ln(l_j / l_i), [R, c, n - i0]
+        t.mul_(expo[:, block, None]).clamp_(max=0.0).exp_()  # 1 - F_i(l_j)
+        steps = (idx[None, None, i0:] - idx[None, block, None]).double()
+        emp = steps.mul(inv_n[:, block, None]).clamp_(0.0, 1.0)  # S_i(j)
+        d[:, block] = t.add_(emp).sub_(1.0).abs_().amax(2)
+        i0 += c
     return _finish(x, length, alpha, d, cand, dtype)
 
 

@@ -1,8 +1,9 @@
 """Mode connectivity of model pairs: linear-path curves and barriers, and Bezier-curve mc.
 
-All K pairs of a population are one batch: the T points of every path are K x T stacked states
-scored by ``paths.evaluate_states`` (one vmapped/batched forward per data chunk), and the K Bezier
-bends train together as one [K, ...] parameter set (one population forward + autograd per step).
+All K pairs of a population are one batch: the T points of every path are K x T states scored in
+one batched forward per data chunk (``paths.evaluate_line``/``evaluate_path``: for Linear stacks
+the points are mixed inside the GEMMs by ``kernels.interp_linear``, otherwise stacked states), and
+the K Bezier bends train together as one [K, ...] parameter set (one forward + autograd per step).
 
 Linear paths: ``curve.<split>.<metric>`` [K, T] at T evenly spaced t, and the barrier variants of
 ``paths`` (``barrier_max``, ``barrier_lin``, ``barrier_mid``; positive = a barrier).
@@ -32,7 +33,18 @@ import torch
 from torch import nn
 
 from ..functional import make_forward
-from .paths import barrier_variants, curves, evaluate_states, has_batchnorm, interpolate, interpolation_points
+from ..kernels import bezier_coeffs
+from .paths import (
+    barrier_variants,
+    curves,
+    evaluate_line,
+    evaluate_path,
+    evaluate_states,
+    fused_paths,
+    has_batchnorm,
+    interpolation_points,
+    path_forward,
+)
 
 Tensor = torch.Tensor
 
@@ -61,9 +73,8 @@ def linear_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
     pairs = _pairs(pairs)
     ts = interpolation_points(n_points)
     a, b = pairs[:, 0], pairs[:, 1]
-    states = interpolate(_side(params, a), _side(params, b), ts)
-    bufs = interpolate(_side(buffers, a), _side(buffers, b), ts)
-    values = curves(evaluate_states(model, objective, states, bufs, splits, bn_reset_x), len(pairs), n_points)
+    values = curves(evaluate_line(model, objective, _side(params, a), _side(params, b), _side(buffers, a),
+                                  _side(buffers, b), ts, splits, bn_reset_x), len(pairs), n_points)
     out = {f"curve.{k}": v for k, v in values.items()}
     for k, v in values.items():
         out.update({f"barrier_{variant}.{k}": b for variant, b in barrier_variants(v, ts.numpy()).items()})
@@ -125,14 +136,19 @@ def train_bends(model: nn.Module, objective, params: dict[str, Tensor], buffers:
     buf2 = {k: torch.zeros_like(v) for k, v in bend.items()} if optimizer == "adam" else None
     t_all, idx_all = _pair_draws(pairs, len(train_x), steps, batch_size, seed)
     t_all, idx_all = t_all.to(ref.device), idx_all.to(train_x.device)
+    fused = fused_paths(model, bufs)
     forward = make_forward(model)
     was = model.training
     model.train()  # BatchNorm normalises with batch statistics while the bends train
     try:
         for step in range(steps):
             idx = idx_all[:, step]
-            phi = bezier_states(w0, bend, w1, t_all[:, step])
-            loss = objective.batch_loss(forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
+            if fused:  # each pair's point phi(t) mixed inside the GEMMs, one point per pair
+                coeffs = bezier_coeffs(t_all[:, step]).unsqueeze(1)  # [K, 1, 3]
+                phi, step_forward = {"state": t_all[:, step]}, path_forward(model, [w0, bend, w1], coeffs)
+            else:
+                phi, step_forward = bezier_states(w0, bend, w1, t_all[:, step]), forward
+            loss = objective.batch_loss(step_forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
             grads = torch.autograd.grad(loss.sum(), list(bend.values()))
             with torch.no_grad():
                 ok = loss.detach().isfinite()
@@ -180,11 +196,14 @@ def bezier_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
     w0, w1 = _side(params, a), _side(params, b)
     ts = interpolation_points(n_points)
     k = len(pairs)
-    grid_t = ts.repeat(k)  # pair-major, like paths.interpolate
-    rep = lambda s: {n: v.repeat_interleave(n_points, 0) for n, v in s.items()}  # noqa: E731
-    states = bezier_states(rep(w0), rep(bend), rep(w1), grid_t)
-    bufs = rep(_side(buffers, a))
-    values = curves(evaluate_states(model, objective, states, bufs, splits, bn_reset_x), k, n_points)
+    if fused_paths(model, buffers):
+        values = curves(evaluate_path(model, objective, [w0, bend, w1], bezier_coeffs(ts), splits), k, n_points)
+    else:
+        grid_t = ts.repeat(k)  # pair-major, like paths.interpolate
+        rep = lambda s: {n: v.repeat_interleave(n_points, 0) for n, v in s.items()}  # noqa: E731
+        states = bezier_states(rep(w0), rep(bend), rep(w1), grid_t)
+        bufs = rep(_side(buffers, a))
+        values = curves(evaluate_states(model, objective, states, bufs, splits, bn_reset_x), k, n_points)
     out = {f"bezier_curve.{name}": v for name, v in values.items()}
     out.update({f"mc.{name}": mode_connectivity(v) for name, v in values.items()})
     return out

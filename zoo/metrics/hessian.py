@@ -96,7 +96,7 @@ class PopulationHessian:
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                  batches: Batches, loss: Loss | None = None, chunk: int | None = None, cache: bool = True):
         self.model, self.loss, self.cache = model, loss or cross_entropy_per_sample, cache
-        self.forward = make_forward(model)  # batched matmuls for Linear stacks, vmap otherwise
+        self.forward = make_forward(model, kernels=False)  # double backward in the model's dtype
         self.params = {k: v.detach() for k, v in params.items()}
         self.buffers = {k: v.detach() for k, v in buffers.items()}
         self.names = list(self.params)

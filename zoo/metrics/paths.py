@@ -11,6 +11,11 @@ Barrier variants for a curve v(t) on points t_0 = 0 < ... < t_T = 1 (v = loss or
 - ``mid``: v(1/2) - (v(0) + v(1)) / 2                 (the midpoint barrier)
 
 Positive values mean a barrier; a convex path gives ``lin`` <= 0.
+
+For Linear stacks without buffers (MLPs, PINNs) the points of a path are never materialised:
+``path_forward`` evaluates W(t) = sum_k c_k(t) W_k inside each layer's GEMM through
+``zoo.kernels.interp_linear`` (the fused Triton kernel on CUDA), for lines (K=2) and Bezier
+curves (K=3) alike. Other models get stacked states (``interpolate``) and the vmapped forward.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..functional import evaluate, make_forward
+from .. import kernels as zk
+from ..functional import evaluate, is_linear_stack, make_forward
 
 Tensor = torch.Tensor
 
@@ -88,6 +94,18 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def _score(forward, model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor],
+           splits: dict[str, tuple[Tensor, Tensor]], chunk: int | None) -> dict[str, Tensor]:
+    out = {}
+    for split, (x, y) in splits.items():
+        for k, v in evaluate(forward, model, objective, params, buffers, x, y, chunk=chunk, split=split).items():
+            if k == "acc":
+                out[f"{split}.err"] = 1.0 - v
+            else:
+                out[f"{split}.{k}"] = v
+    return out
+
+
 @torch.no_grad()
 def evaluate_states(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor],
                     splits: dict[str, tuple[Tensor, Tensor]], bn_reset_x: Tensor | None = None,
@@ -100,15 +118,69 @@ def evaluate_states(model: nn.Module, objective, params: dict[str, Tensor], buff
     """
     if bn_reset_x is not None and has_batchnorm(model):
         buffers = reset_batchnorm(model, params, buffers, bn_reset_x)
-    forward = make_forward(model)
-    out = {}
-    for split, (x, y) in splits.items():
-        for k, v in evaluate(forward, model, objective, params, buffers, x, y, chunk=chunk, split=split).items():
-            if k == "acc":
-                out[f"{split}.err"] = 1.0 - v
+    return _score(make_forward(model), model, objective, params, buffers, splits, chunk)
+
+
+def fused_paths(model: nn.Module, buffers: dict[str, Tensor]) -> bool:
+    """Whether ``path_forward`` applies: a Linear stack without buffers."""
+    return is_linear_stack(model) and not buffers
+
+
+def path_forward(model: nn.Module, anchors: list[dict[str, Tensor]], coeffs: Tensor):
+    """forward(_, _, x [P*T, N, ...]) -> outputs [P*T, N, ...] of the states
+    sum_k coeffs[p, t, k] anchors[k][p] (pair-major, like ``interpolate``) of a Linear stack.
+
+    ``anchors``: K stacked parameter dicts [P, ...] (endpoints, and the bend of a Bezier curve);
+    ``coeffs`` [T, K] or [P, T, K]. Differentiable in the anchors (Bezier bend training).
+    """
+    if not is_linear_stack(model):
+        raise ValueError(f"path_forward needs a Linear stack, got {type(model).__name__}")
+    p = next(iter(anchors[0].values())).shape[0]
+    t = coeffs.shape[-2]
+    layers = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Linear):
+            w = torch.stack([a[f"{name}.weight"] for a in anchors])
+            b = None if m.bias is None else torch.stack([a[f"{name}.bias"] for a in anchors])
+            layers.append((w, b))
+        else:
+            layers.append(m)
+
+    def forward(_params, _buffers, x):
+        h = x
+        for layer in layers:
+            if isinstance(layer, nn.Flatten):
+                h = h.flatten(2)
+            elif isinstance(layer, nn.Module):
+                h = layer(h)
             else:
-                out[f"{split}.{k}"] = v
-    return out
+                w, b = layer
+                out = zk.interp_linear(h.reshape(p, t, *h.shape[1:]), w, b, coeffs.to(w.dtype))
+                h = out.reshape(p * t, *out.shape[2:])
+        return h
+
+    return forward
+
+
+@torch.no_grad()
+def evaluate_path(model: nn.Module, objective, anchors: list[dict[str, Tensor]], coeffs: Tensor,
+                  splits: dict[str, tuple[Tensor, Tensor]], chunk: int | None = None) -> dict[str, Tensor]:
+    """``evaluate_states`` of the P*T path states of ``path_forward``, never materialising them."""
+    p = next(iter(anchors[0].values())).shape[0]
+    count = {"state": torch.empty(p * coeffs.shape[-2], 0)}  # evaluate reads the state count from it
+    return _score(path_forward(model, anchors, coeffs), model, objective, count, {}, splits, chunk)
+
+
+def evaluate_line(model: nn.Module, objective, a: dict[str, Tensor], b: dict[str, Tensor],
+                  buffers_a: dict[str, Tensor], buffers_b: dict[str, Tensor], ts: Tensor,
+                  splits: dict[str, tuple[Tensor, Tensor]], bn_reset_x: Tensor | None = None
+                  ) -> dict[str, Tensor]:
+    """Metrics of the K x T points (pair-major) of the straight paths from stacked a to b [K, ...]:
+    fused for Linear stacks (``path_forward``), stacked states otherwise."""
+    if fused_paths(model, buffers_a):
+        return evaluate_path(model, objective, [a, b], zk.linear_coeffs(ts), splits)
+    return evaluate_states(model, objective, interpolate(a, b, ts), interpolate(buffers_a, buffers_b, ts),
+                           splits, bn_reset_x)
 
 
 def barrier_variants(curve: Tensor | np.ndarray, ts: Tensor | np.ndarray) -> dict[str, np.ndarray]:
@@ -129,5 +201,5 @@ def curves(values: dict[str, Tensor], k: int, t: int) -> dict[str, np.ndarray]:
     return {name: v.double().reshape(k, t).cpu().numpy() for name, v in values.items()}
 
 
-__all__ = ["barrier_variants", "curves", "evaluate_states", "has_batchnorm", "interpolate",
-           "interpolation_points", "reset_batchnorm"]
+__all__ = ["barrier_variants", "curves", "evaluate_line", "evaluate_path", "evaluate_states", "fused_paths",
+           "has_batchnorm", "interpolate", "interpolation_points", "path_forward", "reset_batchnorm"]
