@@ -88,7 +88,14 @@ def _cmd_presets(args) -> int:
     def duration(s: float) -> str:
         if s != s:  # NaN: no calibration for this device
             return "n/a"
-        return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.0f}h"
+        for unit, size, limit in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800), ("d", 86400, 3.2e8)):
+            if s < limit:
+                return f"{s / size:.0f}{unit}"
+        return f"{s / 3.156e7:.0f}y"
+
+    def memory(b: float) -> str:
+        g = b / 2**30
+        return f"{g:.2f}G" if g < 100 else f"{g:.0f}G" if g < 10000 else f"{g / 1024:.1f}T"
 
     print(f"{'preset':<30}{'models':>7}{'params/model':>22}{'train PFLOP':>12}{'mem/pop':>9}"
           f"{'CPU time':>10}{'GPU time':>10}")
@@ -97,8 +104,8 @@ def _cmd_presets(args) -> int:
         c = estimate(spec)
         params = (f"{c['params_min']:,}" if c["params_min"] == c["params_max"]
                   else f"{c['params_min']:,}-{c['params_max']:,}")
-        print(f"{name:<30}{spec.n_models:>7}{params:>22}{c['train_flops'] / 1e15:>12.4f}"
-              f"{c['population_bytes'] / 2**30:>8.2f}G{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
+        print(f"{name:<30}{spec.n_models:>7}{params:>22}{c['train_flops'] / 1e15:>12.4g}"
+              f"{memory(c['population_bytes']):>9}{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
     print("times: counted training FLOPs / measured population-trainer throughput (zoo presets --calibrate);"
           " GPU n/a until calibrated on a GPU")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -121,8 +122,20 @@ def estimate(spec) -> dict:
             "population_bytes": memory, "cpu_seconds": seconds["cpu"], "gpu_seconds": seconds["cuda"]}
 
 
-def calibrate(device: str = "cpu", steps: int = 30, models: int = 16) -> dict[str, float]:
-    """Measure training FLOP/s of the population trainer per family on ``device``; store them."""
+def _train_seconds(build, members, data, device: str, steps: int) -> float:
+    from .generators.population import TrainConfig, train_population
+
+    t = time.perf_counter()
+    train_population(build, members, data, TrainConfig(steps=steps, batch_size=64, checkpoint_steps=[steps],
+                                                      device=device))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: float = 8.0) -> dict[str, float]:
+    """Measure training FLOP/s of the population trainer per family on ``device`` (``models`` models
+    at batch 64, about ``budget`` seconds each); store them in the user cache."""
     from .generators.population import Member, TrainConfig, train_population
     from .generators.tasks import TaskData
 
@@ -140,13 +153,18 @@ def calibrate(device: str = "cpu", steps: int = 30, models: int = 16) -> dict[st
                   "bc_times": np.zeros(8, np.float32)} if kind == "pinn" else {}
         xa = np.asarray(adapt(torch.as_tensor(x)))
         data = TaskData(task, xa, y, xa[:8], y[:8], n_out, kind, extras)
-        cfg = TrainConfig(steps=steps, batch_size=64, checkpoint_steps=[steps])
         members = [Member(f"m{i}", i, 0.01) for i in range(models)]
-        train_population(build, members[:2], data, TrainConfig(steps=2, batch_size=32, checkpoint_steps=[2]))
-        t = time.perf_counter()
-        train_population(build, members, data, cfg)
-        elapsed = time.perf_counter() - t
-        rates[family] = model_costs(config)["flops"] * 64 * steps * models / elapsed
+        train_population(build, members[:2], data, TrainConfig(steps=2, batch_size=32, checkpoint_steps=[2],
+                                                              device=device))
+        seconds = partial(_train_seconds, build, members, data, device)
+
+        # the difference of a short and a long run is the time of the extra steps alone, without
+        # the fixed set-up and evaluation cost that dominates short runs of small models; the
+        # long run gets as many extra steps as fit in about ``budget`` seconds
+        short = seconds(steps)
+        extra = int(min(max(budget * steps / short, steps), 50 * steps))
+        per_step = max(seconds(steps + extra) - short, 1e-9) / extra
+        rates[family] = model_costs(config)["flops"] * 64 * models / per_step
     path = _calibration_paths()[0]
     table = json.loads(path.read_text()) if path.exists() else {}
     table[device] = {**table.get(device, {}), **rates}
