@@ -155,3 +155,16 @@ def test_parallel_build_equals_serial(smoke_zoo, tmp_path):
             continue  # labels compare thresholded metrics; rounding may flip a borderline one
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-3, atol=1e-6, err_msg=c)
     assert par == ser
+
+
+def test_calibration_measures_a_rate_and_estimates_use_it(tmp_path, monkeypatch):
+    import zoo.cost as cost
+    from zoo.spec import load_spec
+
+    monkeypatch.setattr(cost, "_calibration_paths", lambda: [tmp_path / "calibration.json"])
+    monkeypatch.setattr(cost, "CALIBRATION_FAMILIES", {"mlp": cost.CALIBRATION_FAMILIES["mlp"]})
+    rate = cost.calibrate("cpu", steps=2, models=2, budget=0.2)["mlp"]
+    assert rate > 0
+    assert json.loads((tmp_path / "calibration.json").read_text())["cpu"]["mlp"] == rate
+    spec = load_spec("smoke")
+    assert cost.estimate(spec)["cpu_seconds"] == pytest.approx(cost.estimate(spec)["train_flops"] / rate)
