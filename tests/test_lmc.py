@@ -180,3 +180,32 @@ def test_batched_pairs_equal_pair_by_pair():
         np.testing.assert_allclose(both[numeric].to_numpy(float), one[numeric].to_numpy(float), rtol=1e-4, atol=1e-6)
         for p, v in perms.items():
             assert (v[k] == one_perms[p][0]).all()
+
+
+@pytest.mark.parametrize("family", ["vit", "gpt"])
+def test_transformer_pairs_are_aligned_and_finite(family):
+    """ViT/GPT population [A, B, pi(A)]: pi(A) aligns back onto A exactly (flat path, zero distance)
+    by weight and by activation matching; the unrelated pair gets finite barriers."""
+    from zoo.generators.architectures import build_model
+
+    torch.manual_seed(7)
+    if family == "vit":
+        kw = dict(in_channels=1, image_size=8, width=16, heads=4, patch_size=4)
+        x = torch.randn(64, 1, 8, 8)
+    else:
+        kw = dict(vocab_size=11, block_size=5, width=16, heads=2)
+        x = torch.randint(0, 11, (64, 5))
+    y = torch.randint(0, 3, (64,))
+    models = [build_model(family, out_dim=3, depth=2, **kw).eval() for _ in range(2)]
+    params, buffers = stack_states(models)
+    planted, _ = _plant(models[0])
+    params = {k: torch.cat([params[k], planted[k][1:]]) for k in params}
+    rows, perms = lmc_pairs(models[0], Classification(), params, buffers, torch.tensor([[0, 2], [0, 1]]),
+                            {"train": (x, y)}, x, n_points=5)
+    assert rows["alignment"].tolist() == ["none"] * 2 + ["weight"] * 2 + ["activation"] * 2  # no REPAIR
+    barriers = rows[[c for c in rows if c.startswith(("barrier_", "layer_barrier"))]].to_numpy(float)
+    assert np.isfinite(barriers).all() and np.isfinite(rows[["l2", "cosine"]].to_numpy(float)).all()
+    for _, r in rows[(rows["pair_index"] == 0) & (rows["alignment"] != "none")].iterrows():
+        assert r["l2"] < 1e-5 < r["l2_before"] and abs(r["barrier_max.train.loss"]) < 1e-5
+    heads = "P_blocks.1.attn.qkv"
+    assert perms[f"weight/{heads}"].shape == (2, models[0].blocks[1].attn.heads)

@@ -65,6 +65,10 @@ ARCHS = {  # name -> (builder, probe input)
     "residual": (TinyResidual, lambda: torch.randn(16, 1, 12)),
     "resnet18": (lambda: build_model("resnet18", in_channels=3, out_dim=3, width=2),
                  lambda: torch.randn(2, 3, 8, 8)),
+    "vit": (lambda: build_model("vit", in_channels=1, image_size=8, out_dim=3, width=16, depth=2, heads=4,
+                                patch_size=4), lambda: torch.randn(8, 1, 8, 8)),
+    "gpt": (lambda: build_model("gpt", vocab_size=11, block_size=5, out_dim=3, width=16, depth=2, heads=2),
+            lambda: torch.randint(0, 11, (8, 5))),
 }
 
 
@@ -78,7 +82,8 @@ def _random_model(build, seed: int) -> nn.Module:
                 t.copy_(0.1 * torch.randn_like(t))
             elif name.endswith("running_var"):
                 t.copy_(0.5 + torch.rand_like(t))
-            elif t.is_floating_point() and name.endswith(("bn0.weight", "bn1.weight", "bn2.weight", "bias")):
+            elif t.is_floating_point() and name.endswith(("bn0.weight", "bn1.weight", "bn2.weight", "bias",
+                                                          "ln1.weight", "ln2.weight", "ln.weight", "cls")):
                 t.add_(0.1 * torch.randn_like(t))
     return model
 
@@ -112,10 +117,10 @@ def test_spec_of_cnn_shares_channel_perm_with_batchnorm_buffers():
 def test_spec_flatten_of_spatial_map_is_block_permutation():
     model = ARCHS["cnn_flatten"][0]()
     spec = permutation_spec(model)
-    (name, axis), block = next(iter(spec.blocks.items()))
+    (name, axis), (runs, block) = next(iter(spec.blocks.items()))
     lin = dict(model.named_modules())[name.rsplit(".", 1)[0]]
     perm = spec.axes_to_perm[name][axis]
-    assert axis == 1 and block > 1 and spec.sizes[perm] * block == lin.in_features
+    assert axis == 1 and runs == 1 and block > 1 and spec.sizes[perm] * block == lin.in_features
 
 
 def test_spec_residual_add_joins_permutations_union_find():
@@ -136,6 +141,43 @@ def test_spec_refuses_unsupported_layers_with_clear_error():
         permutation_spec(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="grouped convolution"):
         permutation_spec(nn.Sequential(nn.Conv1d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("arch", ["vit", "gpt"])
+def test_transformer_spec_permutes_stream_mlp_units_and_whole_heads(arch):
+    model = ARCHS[arch][0]()
+    spec = permutation_spec(model)
+    a2p, stream = spec.axes_to_perm, ("P_patch" if arch == "vit" else "P_tok")
+    heads = model.blocks[0].attn.heads
+    d_head = 16 // heads
+    assert spec.sizes == {stream: 16, **{f"P_blocks.{i}.{p}": n for i in range(2)
+                                         for p, n in (("attn.qkv", heads), ("mlp.0", 64))}}
+    floats = {k for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert set(a2p) == floats and [k for k in floats if not any(a2p[k])] == ["head.bias"]
+    assert a2p["pos"] == (None, None, stream) and a2p["head.weight"] == (None, stream)
+    assert a2p["blocks.1.ln2.bias"] == a2p["ln.weight"] == a2p["blocks.0.mlp.2.bias"] == (stream,)
+    assert a2p["blocks.1.attn.qkv.weight"] == ("P_blocks.1.attn.qkv", stream)
+    assert a2p["blocks.1.attn.proj.weight"] == (stream, "P_blocks.1.attn.qkv")
+    assert a2p["blocks.0.mlp.2.weight"] == (stream, "P_blocks.0.mlp.0")
+    assert spec.blocks[("blocks.0.attn.qkv.weight", 0)] == spec.blocks[("blocks.0.attn.qkv.bias", 0)] == (3, d_head)
+    assert spec.blocks[("blocks.0.attn.proj.weight", 1)] == (1, d_head)
+
+
+def test_head_permutation_moves_whole_heads_in_q_k_and_v():
+    model = ARCHS["vit"][0]()
+    spec = permutation_spec(model)
+    bias = torch.arange(48.0)  # qkv bias entries laid out [3, heads=4, d_head=4]
+    moved = apply_permutation(spec, {**identity_perms(spec), "P_blocks.0.attn.qkv": torch.tensor([2, 0, 3, 1])},
+                              {"blocks.0.attn.qkv.bias": bias})["blocks.0.attn.qkv.bias"]
+    want = bias.view(3, 4, 4)[:, [2, 0, 3, 1]].reshape(-1)
+    assert torch.equal(moved, want) and torch.equal(moved[:4], torch.arange(8.0, 12.0))
+
+
+def test_declared_transformer_spec_refuses_a_tensor_it_does_not_know():
+    model = ARCHS["gpt"][0]()
+    model.blocks[0].attn.gain = nn.Parameter(torch.ones(16))
+    with pytest.raises(ValueError, match=r"does not cover \['blocks.0.attn.gain'\]"):
+        permutation_spec(model)
 
 
 def test_residual_stream_reaching_the_output_is_not_permuted():
@@ -176,8 +218,9 @@ def test_apply_permutation_preserves_function(arch):
         assert (model(x) - y).abs().max() > 1e-4
 
 
-def test_apply_permutation_stacked_equals_one_by_one_and_inverts():
-    build, probe = ARCHS["residual"]
+@pytest.mark.parametrize("arch", ["residual", "vit", "gpt"])
+def test_apply_permutation_stacked_equals_one_by_one_and_inverts(arch):
+    build, probe = ARCHS[arch]
     models = [_random_model(build, s) for s in range(3)]
     spec = permutation_spec(models[0])
     params, buffers = stack_states(models)
@@ -249,7 +292,7 @@ def test_weight_matching_two_hidden_layers_vs_joint_brute_force():
             assert j >= best_single - 1e-9
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "cnn_flatten", "residual"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "cnn_flatten", "residual", "vit", "gpt"])
 def test_weight_matching_recovers_planted_permutation(arch):
     build, _ = ARCHS[arch]
     model = _random_model(build, 3)
@@ -262,6 +305,8 @@ def test_weight_matching_recovers_planted_permutation(arch):
     out = weight_matching(spec, both, [(0, 1)])
     for p, v in planted.items():  # B = pi(A), so the matching must be pi^-1
         assert torch.equal(out["perms"][p][0], torch.argsort(v[0]))
+    a_dot_a = sum(float((v[0].double() ** 2).sum()) for v in params.values())
+    assert float(out["objective"][0]) == pytest.approx(a_dot_a, rel=1e-12)
     _, aligned = aligned_pairs(spec, {**both, **{k: torch.cat([buffers[k], state_b[k]]) for k in buffers}},
                                [(0, 1)], out["perms"])
     for k in params:
@@ -329,7 +374,7 @@ def test_weight_matching_objective_at_least_rebasin(trained_mlps):
 
 # ---------------------------------------------------------------- activation matching
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "residual"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "residual", "vit", "gpt"])
 def test_activation_matching_recovers_planted_permutation(arch):
     build, probe = ARCHS[arch]
     model = _random_model(build, 4)
@@ -371,6 +416,22 @@ def test_activation_matching_raises_feature_correlation(trained_mlps):
             g = torch.Generator().manual_seed(k)
             for _ in range(50):
                 assert corr[torch.arange(12), torch.randperm(12, generator=g)].sum() <= matched + 1e-12
+
+
+def test_transformer_hidden_features_are_stream_mlp_and_head_outputs():
+    build, probe = ARCHS["gpt"]
+    model = _random_model(build, 5)
+    params, buffers = stack_states([model])
+    x = probe()
+    feats = hidden_features(model, params, buffers, x)
+    n = x.numel()  # each token a sample
+    assert feats["P_tok"].shape == (1, 2 * n, 16)  # both block outputs
+    assert feats["P_blocks.1.mlp.0"].shape == (1, n, 64) and feats["P_blocks.0.attn.qkv"].shape == (1, n, 16)
+    with torch.no_grad():
+        h = model.blocks[0](model.tok(x) + model.pos)
+        torch.testing.assert_close(feats["P_tok"][0, :n], h.reshape(n, 16))
+        gelu = model.blocks[1].mlp[:2](model.blocks[1].ln2(h + model.blocks[1].attn(model.blocks[1].ln1(h))))
+        torch.testing.assert_close(feats["P_blocks.1.mlp.0"][0], gelu.reshape(n, 64))
 
 
 # ---------------------------------------------------------------- Ito et al. measure and distances

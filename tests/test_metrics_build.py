@@ -99,6 +99,22 @@ def test_sharpness_per_checkpoint_option(tmp_path, data_root):
     np.testing.assert_allclose(last.loc[m.index, "hessian.trace"], m["hessian.trace"])  # final = models row
 
 
+@pytest.mark.parametrize("preset", ["vit-digits", "gpt-modular"])
+def test_transformer_build_measures_aligned_lmc(preset, tmp_path, data_root):
+    """One tiny cell of the transformer presets: every alignment that applies is measured, no note."""
+    out = tmp_path / preset
+    r = run_zoo("build", "--preset", preset, "--out", str(out), "--quiet",
+                "--set", 'phase.axes=[{name="capacity", key="arch.width", values=[8]}]',
+                "--set", "train.steps=20", "--set", "train.checkpoints=1", "--set", "task.n_train=256",
+                "--set", "task.n_test=128", "--set", "metrics.lmc=all", "--set", "metrics.probe_size=64",
+                "--set", "metrics.bezier_steps=0", "--set", "metrics.hessian=false", "--set", "metrics.spectral=false")
+    assert r.returncode == 0, r.stderr
+    assert (pd.read_parquet(out / "models.parquet")["metrics_note"] == "").all()
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert pairs["alignment"].tolist() == ["none", "weight", "activation"]
+    assert np.isfinite(pairs["barrier_max.test.err"]).all() and pairs.filter(like="perm.P_blocks.0.attn").shape[1] == 1
+
+
 def test_metrics_and_plot_commands_reject_bad_folders(tmp_path):
     for args in (("metrics", "spectral", str(tmp_path / "nope")), ("plot", str(tmp_path))):
         r = run_zoo(*args)

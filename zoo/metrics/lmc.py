@@ -142,12 +142,18 @@ def _repair_chunked(model, a, b, states, ts, x, budget: float = 3e7) -> dict[str
 
 
 def _layer_groups(model: nn.Module, params: dict[str, Tensor]) -> dict[str, set[str]]:
-    """Layer name -> the parameter names that move together in layer-wise interpolation (weight and bias)."""
+    """Layer name -> the parameter names that move together in layer-wise interpolation (weight and bias).
+
+    Parameters of the model itself (a transformer's cls and pos embeddings) have no layer: each is
+    its own group, named after it."""
     groups = {}
     for name, m in model.named_modules():
-        own = {f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)}
-        if own and any(params[n].dim() > 2 for n in own if n in params):
-            groups[name] = {n for n in own if n in params}
+        own = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+        own = [n for n in own if n in params]
+        if not name:
+            groups.update({n: {n} for n in own if params[n].dim() > 2})
+        elif any(params[n].dim() > 2 for n in own):
+            groups[name] = set(own)
     return groups
 
 

@@ -9,7 +9,9 @@ al. 2022). This module holds:
   (git-re-basin's ``perm_to_axes`` / ``axes_to_perm``), derived automatically by ``torch.fx``
   tracing (``permutation_spec``): Linear/Conv outputs open a new permutation, BatchNorm and
   elementwise ops and pooling carry it, an ``add`` (residual) joins the permutations of its inputs
-  (union-find), model inputs and outputs are never permuted.
+  (union-find), model inputs and outputs are never permuted. The zoo's ViT/GPT, whose attention
+  reshapes features into heads, get a declared spec checked against the model instead (residual
+  stream, MLP units, whole attention heads).
 - ``apply_permutation`` / ``apply_permutation_stacked``: permute one or M stacked models.
 - ``weight_matching``: coordinate descent over permutations with one linear assignment per step,
   batched over many (A, B) pairs of a population.
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
+from torch.func import functional_call, vmap
 
 from ..functional import population_forward
 
@@ -44,17 +47,19 @@ class PermutationSpec:
     ``axes_to_perm[name]``: per axis of the tensor, the permutation acting on it or None; every
     floating-point state_dict entry has an entry (BatchNorm running stats included).
     ``sizes[p]``: number of units ``p`` permutes.
-    ``blocks[(name, axis)]``: only where a channel permutation reaches a Linear through a Flatten
-    of a C x S map: the axis holds C blocks of S contiguous entries and ``p`` permutes the blocks.
+    ``blocks[(name, axis)] = (R, S)``: the axis is viewed as [R, n, S] and ``p`` permutes its n
+    units, each R runs of S contiguous entries; absent means (1, 1), one entry per unit. Used where
+    a channel permutation reaches a Linear through a Flatten of a C x S map ((1, S)) and for
+    attention heads (qkv outputs laid out [3, heads, d_head]: (3, d_head); proj inputs: (1, d_head)).
     """
 
     perm_to_axes: dict[str, list[tuple[str, int]]]
     axes_to_perm: dict[str, tuple[str | None, ...]]
     sizes: dict[str, int] = field(default_factory=dict)
-    blocks: dict[tuple[str, int], int] = field(default_factory=dict)
+    blocks: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
-    def block(self, name: str, axis: int) -> int:
-        return self.blocks.get((name, axis), 1)
+    def block(self, name: str, axis: int) -> tuple[int, int]:
+        return self.blocks.get((name, axis), (1, 1))
 
 
 # ---------------------------------------------------------------- deriving the spec (torch.fx)
@@ -251,7 +256,7 @@ def _trace(model: nn.Module) -> _Trace:
     axes: dict[str, list[str | None]] = {k: [None] * v.dim() for k, v in state.items()}
     perm_to_axes: dict[str, list[tuple[str, int]]] = {p: [] for p in names.values()}
     sizes = {names[r]: sp.size[r] for r in names}
-    blocks: dict[tuple[str, int], int] = {}
+    blocks: dict[tuple[str, int], tuple[int, int]] = {}
     for tensor, axis, space, flat in uses:
         r = sp.find(space)
         if r not in names:
@@ -269,11 +274,99 @@ def _trace(model: nn.Module) -> _Trace:
                 raise ValueError(f"permutation_spec: {tensor} axis {axis} has {length} inputs, "
                                  f"not a multiple of the {n} flattened channels")
             if length != n:
-                blocks[(tensor, axis)] = length // n
+                blocks[(tensor, axis)] = (1, length // n)
     spec = PermutationSpec(perm_to_axes, {k: tuple(v) for k, v in axes.items()}, sizes, blocks)
     node_perm = {n: (names.get(sp.find(s)) if not flat else None)
                  for n, v in env.items() if v is not None for s, flat in [v]}
     return _Trace(gm, spec, node_perm, activations)
+
+
+# ---------------------------------------------------------------- declared specs (transformers)
+
+@dataclass
+class _Declared:
+    spec: PermutationSpec
+    probes: dict[str, list[tuple[str, bool]]]  # perm -> (module, record its input, not output)
+
+
+def _is_declared_family(model: nn.Module) -> bool:
+    """Exactly the zoo's ViT/GPT (a subclass may change forward): their attention reshapes heads,
+    which the tracer does not follow, so their symmetries are declared and checked instead. Raises
+    if a block is not the declared one."""
+    from ..generators.architectures.transformer import GPT, Attention, Block, ViT
+
+    if type(model) not in (ViT, GPT):
+        return False
+    for blk in model.blocks:
+        mlp = getattr(blk, "mlp", None)
+        if (type(blk) is not Block or type(blk.attn) is not Attention or not isinstance(mlp, nn.Sequential)
+                or len(mlp) != 3 or not isinstance(mlp[1], _ACTIVATION_MODULES)):
+            raise ValueError(f"permutation_spec: {type(model).__name__} block {type(blk).__name__} is not the "
+                             "declared pre-LN Block(Attention, Linear-activation-Linear MLP)")
+    return True
+
+
+def _transformer_uses(model: nn.Module) -> tuple[list[tuple[str, int, tuple[int, int], str, int]],
+                                                 dict[str, list[tuple[str, bool]]]]:
+    """(perm, size, block, tensor, axis) per permuted axis, and activation probes, of a ViT/GPT.
+
+    One permutation of the residual stream (LayerNorm is equivariant to it, its affine parameters
+    follow it), and per block one of the MLP hidden units and one of the attention heads, which
+    moves whole heads (d_head entries) in each of the q, k, v segments of qkv's output and in
+    proj's input. All three leave the function unchanged.
+    """
+    width = model.ln.normalized_shape[0]
+    stream = "P_patch" if hasattr(model, "patch") else "P_tok"
+    uses = []
+
+    def add(p: str, n: int, block: tuple[int, int], *names_axes: tuple[str, int]):
+        uses.extend((p, n, block, name, axis) for name, axis in names_axes)
+
+    if stream == "P_patch":
+        add(stream, width, (1, 1), ("patch.weight", 0), ("patch.bias", 0), ("cls", 2))
+    else:
+        add(stream, width, (1, 1), ("tok.weight", 1))
+    add(stream, width, (1, 1), ("pos", 2), ("ln.weight", 0), ("ln.bias", 0), ("head.weight", 1))
+    probes: dict[str, list[tuple[str, bool]]] = {stream: []}
+    for i, blk in enumerate(model.blocks):
+        b, heads, hidden = f"blocks.{i}", blk.attn.heads, blk.mlp[0].out_features
+        add(stream, width, (1, 1), *[(f"{b}.{ln}.{role}", 0) for ln in ("ln1", "ln2") for role in ("weight", "bias")],
+            (f"{b}.attn.qkv.weight", 1), (f"{b}.attn.proj.weight", 0), (f"{b}.attn.proj.bias", 0),
+            (f"{b}.mlp.0.weight", 1), (f"{b}.mlp.2.weight", 0), (f"{b}.mlp.2.bias", 0))
+        add(f"P_{b}.attn.qkv", heads, (3, width // heads), (f"{b}.attn.qkv.weight", 0), (f"{b}.attn.qkv.bias", 0))
+        add(f"P_{b}.attn.qkv", heads, (1, width // heads), (f"{b}.attn.proj.weight", 1))
+        add(f"P_{b}.mlp.0", hidden, (1, 1), (f"{b}.mlp.0.weight", 0), (f"{b}.mlp.0.bias", 0), (f"{b}.mlp.2.weight", 1))
+        probes[stream].append((b, False))
+        probes[f"P_{b}.attn.qkv"] = [(f"{b}.attn.proj", True)]
+        probes[f"P_{b}.mlp.0"] = [(f"{b}.mlp.1", False)]
+    return uses, probes
+
+
+def _declared(model: nn.Module) -> _Declared | None:
+    """The declared spec of a ViT/GPT, checked against the model: every axis it names exists with
+    R * n * S entries, and every floating-point tensor but the output bias is permuted somewhere
+    (a parameter the declaration does not know about would otherwise break the symmetry silently)."""
+    if not _is_declared_family(model):
+        return None
+    uses, probes = _transformer_uses(model)
+    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    axes: dict[str, list[str | None]] = {k: [None] * v.dim() for k, v in state.items()}
+    perm_to_axes: dict[str, list[tuple[str, int]]] = {}
+    sizes: dict[str, int] = {}
+    blocks: dict[tuple[str, int], tuple[int, int]] = {}
+    for p, n, (r, s), name, axis in uses:
+        if name not in state or state[name].dim() <= axis or state[name].shape[axis] != r * n * s:
+            raise ValueError(f"permutation_spec: declared axis {axis} of {name} ({r} x {n} x {s}) does not "
+                             f"match the model ({tuple(state[name].shape) if name in state else 'missing'})")
+        axes[name][axis] = p
+        perm_to_axes.setdefault(p, []).append((name, axis))
+        sizes[p] = n
+        if (r, s) != (1, 1):
+            blocks[(name, axis)] = (r, s)
+    missed = [k for k, v in axes.items() if not any(v) and k != "head.bias"]
+    if missed:
+        raise ValueError(f"permutation_spec: the declared {type(model).__name__} spec does not cover {missed}")
+    return _Declared(PermutationSpec(perm_to_axes, {k: tuple(v) for k, v in axes.items()}, sizes, blocks), probes)
 
 
 def permutation_spec(model: nn.Module) -> PermutationSpec:
@@ -286,21 +379,25 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     stream shares one permutation. Spaces joined to a model input or output are never permuted.
     Raises ValueError (one line, naming the fx node) on anything else (grouped convs,
     attention, get_attr, view/reshape).
+
+    The zoo's transformers (``ViT``, ``GPT``) are the exception: their spec is declared and checked
+    against the model (``_declared``): the residual stream, each block's MLP hidden units and each
+    block's attention heads (whole heads, ``spec.blocks`` (3, d_head) on qkv, (1, d_head) on proj).
     """
-    return _trace(model).spec
+    declared = _declared(model)
+    return declared.spec if declared is not None else _trace(model).spec
 
 
 # ---------------------------------------------------------------- applying permutations
 
-def _take(t: Tensor, dim: int, perm: Tensor, block: int) -> Tensor:
-    """``t`` with its ``dim`` (of n*block entries, n blocks) reindexed by ``perm`` [K, n] per batch row."""
-    if block > 1:
-        t = t.unflatten(dim, (-1, block))
+def _take(t: Tensor, dim: int, perm: Tensor, block: tuple[int, int]) -> Tensor:
+    """``t`` with its ``dim`` (viewed as [R, n, S], ``block`` = (R, S)) reindexed on n by ``perm``
+    [K, n] per batch row."""
+    t = t.unflatten(dim, (block[0], -1, block[1]))
     shape = [1] * t.dim()
-    shape[0], shape[dim] = perm.shape[0], perm.shape[1]
+    shape[0], shape[dim + 1] = perm.shape[0], perm.shape[1]
     idx = perm.reshape(shape).expand(t.shape)
-    out = torch.gather(t, dim, idx)
-    return out.flatten(dim, dim + 1) if block > 1 else out
+    return torch.gather(t, dim + 1, idx).flatten(dim, dim + 2)
 
 
 def _permute_tensor(spec: PermutationSpec, name: str, t: Tensor, perms: dict[str, Tensor],
@@ -363,9 +460,9 @@ def _pairs(pairs) -> Tensor:
 
 def _unit_matrix(spec: PermutationSpec, name: str, axis: int, t: Tensor, n: int) -> Tensor:
     """[K, n, rest]: the units of ``axis`` of stacked ``t`` [K, *shape] as rows (blocks kept together)."""
-    block = spec.block(name, axis)
-    t = t.unflatten(axis + 1, (n, block)) if block > 1 else t
-    return t.movedim(axis + 1, 1).reshape(t.shape[0], n, -1)
+    r, s = spec.block(name, axis)
+    t = t.unflatten(axis + 1, (r, n, s))
+    return t.movedim(axis + 2, 1).reshape(t.shape[0], n, -1)
 
 
 def _cost(spec: PermutationSpec, p: str, a: dict[str, Tensor], b: dict[str, Tensor],
@@ -451,14 +548,52 @@ def weight_matching(spec: PermutationSpec, params_stacked: dict[str, Tensor], pa
 
 def hidden_features(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor
                     ) -> dict[str, Tensor]:
-    """Per permutation p: hidden features [M, N, n] of M stacked models on probe batch x [B, ...].
+    """Per permutation p: hidden features [M, N, n * S] of M stacked models on probe batch x [B, ...].
 
-    The recorded nodes are the activation outputs whose feature axis p permutes (each spatial
-    position a sample: N = B * spatial size, several nodes of one residual stream concatenated
-    along N); a permutation with no activation uses the last node it permutes. Runs the fx graph
-    with ``population_forward`` in the model's current mode (use eval for BatchNorm); ``buffers``
-    are not modified.
+    Unit i of p owns the S contiguous features i*S .. (i+1)*S - 1 (S = 1 but for attention heads,
+    whose d_head outputs are all recorded). For fx-traced models the recorded nodes are the
+    activation outputs whose feature axis p permutes (each spatial position a sample: N = B *
+    spatial size, several nodes of one residual stream concatenated along N); a permutation with
+    no activation uses the last node it permutes. For ViT/GPT: the block outputs (residual
+    stream), the MLP activations and the attention output entering proj (heads), each token a
+    sample. Runs in the model's current mode (use eval for BatchNorm); ``buffers`` are not modified.
     """
+    declared = _declared(model)
+    if declared is not None:
+        return _hooked_features(model, declared.probes, params, buffers, x)
+    return _traced_features(model, params, buffers, x)
+
+
+def _hooked_features(model: nn.Module, probes: dict[str, list[tuple[str, bool]]], params: dict[str, Tensor],
+                     buffers: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+    """``hidden_features`` from forward hooks on named modules (models fx cannot follow), under vmap."""
+    modules = dict(model.named_modules())
+    keys = list(dict.fromkeys(key for nodes in probes.values() for key in nodes))
+    store: dict[tuple[str, bool], Tensor] = {}
+
+    def hook(key):
+        def record(module, args, out):
+            store[key] = args[0] if key[1] else out
+        return record
+
+    def one(p, b, xb):
+        store.clear()
+        functional_call(model, (p, b), (xb,))
+        return tuple(store[key] for key in keys)
+
+    handles = [modules[key[0]].register_forward_hook(hook(key)) for key in keys]
+    try:
+        outs = vmap(one, in_dims=(0, 0, None))(params, {k: v.clone() for k, v in buffers.items()}, x)
+    finally:
+        for h in handles:
+            h.remove()
+    feats = {key: f.reshape(f.shape[0], -1, f.shape[-1]) for key, f in zip(keys, outs)}
+    return {p: torch.cat([feats[key] for key in nodes], dim=1) for p, nodes in probes.items()}
+
+
+def _traced_features(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor
+                     ) -> dict[str, Tensor]:
+    """``hidden_features`` of an fx-traced model: its graph re-emitted to output the chosen nodes."""
     tr = _trace(model)
     chosen: dict[str, list[str]] = {p: [] for p in tr.spec.perm_to_axes}
     for n in tr.activations:
@@ -496,16 +631,18 @@ def activation_matching(model: nn.Module, spec: PermutationSpec, params: dict[st
                         buffers: dict[str, Tensor], pairs, x: Tensor, eps: float = 1e-8) -> dict[str, Tensor]:
     """Activation matching (Ainsworth et al. 2023 Sec. 3.1; Li et al. 2015): per permutation p,
     P_p = argmax_P sum_i corr(z_A,i, z_B,P(i)) with corr the Pearson cross-correlation of the
-    hidden features of A and B over the probe batch (``hidden_features``), one LAP per pair.
+    hidden features of A and B over the probe batch (``hidden_features``), one LAP per pair. A unit
+    of S features (an attention head) scores the sum of its S entry-wise correlations.
 
     ``params``/``buffers`` [M, ...]; ``pairs`` [K, 2]; returns {p: LongTensor[K, n]} (maps B to A).
     """
     pairs = _pairs(pairs)
     feats = hidden_features(model, params, buffers, x)
     perms = {}
-    for p in spec.perm_to_axes:
+    for p, n in spec.sizes.items():
         f = feats[p].double()
         z = (f - f.mean(1, keepdim=True)) / (f.std(1, unbiased=False, keepdim=True) + eps)
+        z = z.unflatten(2, (n, -1)).transpose(2, 3).reshape(z.shape[0], -1, n)  # a unit's S features: samples
         corr = torch.bmm(z[pairs[:, 0]].transpose(1, 2), z[pairs[:, 1]]) / f.shape[1]
         perms[p] = _lap(corr)
     return perms
