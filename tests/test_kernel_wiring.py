@@ -15,6 +15,7 @@ from zoo.generators.population import Member, TrainConfig, init_models, train_po
 from zoo.generators.tasks import load_task
 from zoo.generators.tasks.objectives import Classification
 from zoo.metrics.connectivity import bezier_connectivity, bezier_states, linear_connectivity
+from zoo.metrics.lmc import lmc_pairs
 from zoo.metrics.paths import evaluate_path, evaluate_states, interpolate, interpolation_points
 
 needs_triton = pytest.mark.skipif(not zk.HAS_TRITON, reason="triton is not importable")
@@ -110,7 +111,7 @@ def test_pinn_training_through_triton_kernels_matches_torch(monkeypatch):
 
 
 @needs_triton
-def test_connectivity_through_triton_kernels_matches_torch(monkeypatch, mnist1d_small):
+def test_connectivity_and_lmc_through_triton_kernels_match_torch(monkeypatch, mnist1d_small):
     model, params, buffers = _mlp_population(m=3, width=8, dtype=torch.float32)
     splits = _splits(mnist1d_small, n=32, dtype=torch.float32)
     obj = Classification()
@@ -122,7 +123,11 @@ def test_connectivity_through_triton_kernels_matches_torch(monkeypatch, mnist1d_
         line = linear_connectivity(model, obj, params, buffers, pairs, splits, n_points=3)
         curve = bezier_connectivity(model, obj, params, buffers, pairs, splits, x, y, steps=2, lr=0.05,
                                     batch_size=16, n_points=3)
-        return {**line, **curve}
+        aligned, _ = lmc_pairs(model, obj, params, buffers, pairs, splits, x[:16], alignments=("weight",),
+                               n_points=3, layerwise=False)
+        barriers = {c: aligned[c].to_numpy() for c in aligned if c.startswith("barrier_max.")}
+        assert barriers
+        return {**line, **curve, **barriers}
 
     ref = run()
     chosen = _force_triton(monkeypatch)

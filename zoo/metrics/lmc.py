@@ -45,7 +45,15 @@ from .matching import (
     singular_vector_alignment,
     weight_matching,
 )
-from .paths import barrier_variants, curves, evaluate_states, has_batchnorm, interpolate, interpolation_points
+from .paths import (
+    barrier_variants,
+    curves,
+    evaluate_line,
+    evaluate_states,
+    has_batchnorm,
+    interpolate,
+    interpolation_points,
+)
 
 Tensor = torch.Tensor
 
@@ -209,11 +217,12 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
         a, b = aligned_pairs(spec, {**params, **buffers}, pairs, perms)
         pa, pb = {n: a[n] for n in params}, {n: b[n] for n in params}
         ba, bb = {n: a[n] for n in buffers}, {n: b[n] for n in buffers}
-        states = interpolate(pa, pb, ts)
         if fix == "repair":
-            states = _repair_chunked(model, pa, pb, states, ts, probe_x)
-        values = curves(evaluate_states(model, objective, states, interpolate(ba, bb, ts), splits, reset_x),
-                        k, n_points)
+            states = _repair_chunked(model, pa, pb, interpolate(pa, pb, ts), ts, probe_x)
+            raw = evaluate_states(model, objective, states, interpolate(ba, bb, ts), splits, reset_x)
+        else:
+            raw = evaluate_line(model, objective, pa, pb, ba, bb, ts, splits, reset_x)
+        values = curves(raw, k, n_points)
         cols: dict[str, object] = {"pair_index": np.arange(k), "alignment": alignment}
         cols.update(_barrier_columns(values, ts))
         dist = alignment_distances(spec, params, pairs, perms)
