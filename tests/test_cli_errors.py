@@ -39,6 +39,7 @@ def assert_user_error(r, *words):
     (["--set", "phase.budget=-4"], ["phase.budget"]),
     (["--set", "build.max_population=0"], ["build.max_population", "> 0"]),
     (["--set", "metrics.lmc=sometimes"], ["metrics.lmc", "weight"]),
+    (["--set", "metrics.pairs=everywhere"], ["metrics.pairs", "population"]),
     (["--set", "metrics.curve_points=2"], ["metrics.curve_points"]),
     (["--set", "metrics.thresholds={sharpness=1}"], ["metrics.thresholds.sharpness", "loss_fraction"]),
 ])

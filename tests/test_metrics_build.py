@@ -157,3 +157,37 @@ def test_a_failing_metric_family_is_a_note_not_a_lost_population(monkeypatch):
     assert all(note.startswith("lmc: ValueError: permutation_spec") for note in res.notes)
     assert np.isfinite(res.per_model["hessian.trace"]).all() and np.isfinite(res.per_model["connectivity.mc"]).all()
     assert set(res.pairs["alignment"]) == {"none"} and len(res.pairs) == 2
+
+
+def test_pairs_across_cells_are_added_flagged_and_kept_out_of_model_means():
+    import torch
+    from torch import nn
+
+    from zoo.functional import stack_states, to_flat
+    from zoo.generators.tasks.base import TaskData
+
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(4)]
+    params, buffers = stack_states(models)
+    lay = layout_of(models[0])
+    weights = to_flat(params, buffers, lay).detach().numpy()[None]
+    rng = np.random.default_rng(0)
+    data = TaskData("toy", rng.normal(size=(128, 5)).astype(np.float32), rng.integers(0, 3, 128),
+                    rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64), n_classes=3)
+
+    def measure(pairs):
+        spec = MetricsSpec(hessian=False, spectral=False, bezier_steps=5, lmc="weight", pairs=pairs)
+        return measure_population(models[0], objective_for(data), data, weights, [10], lay, list("abcd"),
+                                  ["c1", "c1", "c2", "c2"], ["ok"] * 4, spec, lr=[0.1] * 4, optimizer="sgd",
+                                  momentum=0.9)
+
+    cell, population = measure("cell"), measure("population")
+    rows = population.pairs
+    assert len(rows) == 2 * 6 and rows["cross_cell"].sum() == 2 * 4  # 6 pairs x (none, weight)
+    same = rows[~rows["cross_cell"]].drop(columns=["cell_id_b", "cross_cell"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(same.drop(columns=[c for c in same if c.startswith("perm.")]),
+                                  cell.pairs.drop(columns=[c for c in cell.pairs if c.startswith("perm.")]))
+    cross = rows[rows["cross_cell"] & (rows["alignment"] == "weight")]
+    assert (cross["cell_id"] != cross["cell_id_b"]).all() and np.isfinite(cross["barrier_max.test.loss"]).all()
+    for col in ("connectivity.mc", "connectivity.barrier", "similarity.cka"):
+        np.testing.assert_array_equal(population.per_model[col], cell.per_model[col])

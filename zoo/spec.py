@@ -122,6 +122,7 @@ class MetricsSpec:
     cka: bool = True
     probe_size: int = 512  # fixed test-set probe batch for CKA, activation matching, BN reset
     lmc: str = "weight"  # aligned barriers in the build: none | weight | all
+    pairs: str = "cell"  # cell: same-cell pairs; population: also pairs across the cells of a population
     thresholds: dict = field(default_factory=dict)  # phase-rule overrides (zoo.metrics.phases.PhaseThresholds)
 
 
@@ -287,6 +288,7 @@ def _validate_values(spec: ZooSpec) -> None:
 def _validate_metrics(m: MetricsSpec) -> None:
     _choice("metrics.spectral_checkpoints", m.spectral_checkpoints, ("final", "all"))
     _choice("metrics.lmc", m.lmc, LMC_MODES)
+    _choice("metrics.pairs", m.pairs, ("cell", "population"))
     for where, v in [("metrics.hessian_batches", m.hessian_batches), ("metrics.hessian_batch_size",
                      m.hessian_batch_size), ("metrics.hessian_max_iter", m.hessian_max_iter),
                      ("metrics.hessian_tol", m.hessian_tol), ("metrics.hessian_top_k", m.hessian_top_k),

@@ -39,7 +39,9 @@ COLUMNS = {
 }
 
 PAIRS = [
-    "- `pairs.parquet`: one row per (model_a, model_b, alignment) of same-cell pairs. `alignment`: `none` "
+    "- `pairs.parquet`: one row per (model_a, model_b, alignment) of same-cell pairs (with "
+    "`metrics.pairs = \"population\"` also pairs across the cells of a population, flagged `cross_cell`, "
+    "`cell_id_b` the cell of model_b; their Bezier bend trains with model_a's lr). `alignment`: `none` "
     "(the raw pair), `weight` / `activation` (B permuted onto A by weight or activation matching), "
     "`weight+repair` (matching, then REPAIR statistics correction of the interpolated networks).",
     "  Barrier columns `barrier_<variant>.<split>.<metric>` with variant `max` = max_t v(t) - (v(0)+v(1))/2, "

@@ -40,10 +40,11 @@ def attempt(problems: list[str], family: str, fn):
         return None
 
 
-def same_cell_pairs(cell_ids: list[str], ok: np.ndarray) -> Tensor:
-    """[K, 2] index pairs (i < j) of healthy models sharing a cell, in population order."""
+def same_cell_pairs(cell_ids: list[str], ok: np.ndarray, across_cells: bool = False) -> Tensor:
+    """[K, 2] index pairs (i < j) of healthy models sharing a cell (or any two, ``across_cells``:
+    a population holds one architecture), in population order."""
     pairs = [(i, j) for i in range(len(cell_ids)) for j in range(i + 1, len(cell_ids))
-             if cell_ids[i] == cell_ids[j] and ok[i] and ok[j]]
+             if (across_cells or cell_ids[i] == cell_ids[j]) and ok[i] and ok[j]]
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
@@ -145,6 +146,8 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
 def pair_means(pairs: pd.DataFrame, columns: dict[str, str], m: int) -> dict[str, np.ndarray]:
     """Per-model means over the naive pair rows a model takes part in: {out column: [M]}."""
     naive = pairs[pairs["alignment"] == "none"] if len(pairs) else pairs
+    if "cross_cell" in naive:
+        naive = naive[~naive["cross_cell"].astype(bool)]
     out = {}
     for name, col in columns.items():
         if col not in naive:
@@ -202,9 +205,9 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
         attempt(problems, "spectral", lambda: _spectral(model, weights, steps, layout, model_ids, idx, spec, result))
 
     cells = [cell_ids[i] for i in idx]
-    pairs = same_cell_pairs(cells, np.ones(len(idx), bool))
+    pairs = same_cell_pairs(cells, np.ones(len(idx), bool), across_cells=spec.pairs == "population")
     if len(pairs) and (spec.connectivity or spec.cka or spec.lmc != "none"):
-        pair_lr = torch.tensor([lr[idx[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)
+        pair_lr = torch.tensor([lr[idx[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)  # model a's
         table = pair_tables(model, objective, params, buffers, pairs, data, spec, lr=pair_lr,
                             optimizer=optimizer, momentum=momentum, problems=problems)
         a, b = idx[pairs[:, 0].numpy()], idx[pairs[:, 1].numpy()]
@@ -212,6 +215,9 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
         table.insert(0, "model_a", [model_ids[i] for i in a[k]])
         table.insert(1, "model_b", [model_ids[i] for i in b[k]])
         table.insert(2, "cell_id", [cell_ids[i] for i in a[k]])
+        if spec.pairs == "population":  # a's cell above; cross-cell rows stay out of per-model means
+            table.insert(3, "cell_id_b", [cell_ids[i] for i in b[k]])
+            table.insert(4, "cross_cell", table["cell_id"] != table["cell_id_b"])
         table["index_a"], table["index_b"] = a[k], b[k]
         result.per_model.update(pair_means(table, PAIR_SUMMARIES, m))
         result.pairs = table.drop(columns=["pair_index", "index_a", "index_b"])
