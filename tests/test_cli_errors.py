@@ -41,6 +41,8 @@ def assert_user_error(r, *words):
     (["--set", "metrics.lmc=sometimes"], ["metrics.lmc", "weight"]),
     (["--set", "metrics.pairs=everywhere"], ["metrics.pairs", "population"]),
     (["--set", "metrics.curve_points=2"], ["metrics.curve_points"]),
+    (["--set", "arch.dropout=1.0"], ["arch.dropout", "[0, 1)"]),
+    (["--set", "arch.family=pinn", "--set", "arch.dropout=0.5"], ["arch.dropout", "mlp, cnn"]),
     (["--set", "metrics.thresholds={sharpness=1}"], ["metrics.thresholds.sharpness", "loss_fraction"]),
 ])
 def test_bad_build_arguments(tmp_path, args, words):
@@ -105,6 +107,19 @@ def test_every_preset_validates():
     assert load_spec("default").n_models >= 100
     with pytest.raises(SpecError):
         load_spec("smoke", ["task.label_noise=2"])
+
+
+@pytest.mark.parametrize("name,params", [("modelzoos-cnn-s-mnist", 2464), ("modelzoos-cnn-s-fashion-mnist", 2464),
+                                         ("modelzoos-cnn-l-cifar10", 10853), ("modelzoos-cnn-l-svhn", 10853)])
+def test_model_zoos_presets_mirror_the_reference_grid(name, params):
+    from zoo.cost import estimate
+
+    spec = load_spec(name)
+    axes = {a.key: a.values for a in spec.phase.axes}
+    assert axes["arch.dropout"] == [0.0, 0.5] and axes["train.optimizer"] == ["adam", "sgd"]
+    assert spec.n_models == 4 * 6 * 2 * 2 * 2 * 2 * 4  # activation, init, lr, wd, optimizer, dropout, seeds
+    cost = estimate(spec)
+    assert cost["params_min"] == cost["params_max"] == params  # the reference CNN sizes (Schuerholt et al.)
 
 
 def test_folder_from_a_newer_schema_is_refused_untouched(tmp_path):

@@ -107,8 +107,8 @@ def estimate(spec) -> dict:
     calib = load_calibration()
     total, sizes, memory, seconds = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}
     plans = plan_models(spec)
-    states = 3 if spec.train.optimizer == "sgd" else 4  # weights, grads, momentum (+ Adam's second moment)
     for plan in plans:
+        states = 3 if plan.config["train.optimizer"] == "sgd" else 4  # weights, grads, momentum (+ Adam's)
         c = model_costs(plan.config)
         sizes.append(c["params"])
         flops = c["flops"] * plan.config["train.batch_size"] * plan.config["train.steps"]

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from . import kernels as zk
+from .generators.architectures.dropout import SeededDropout
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
@@ -145,9 +146,9 @@ def population_forward(
 
 
 def is_linear_stack(model: nn.Module) -> bool:
-    """An nn.Sequential of Linear, Flatten and elementwise activations only (the fast paths)."""
+    """An nn.Sequential of Linear, Flatten, elementwise activations and dropout only (the fast paths)."""
     return isinstance(model, nn.Sequential) and all(
-        isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE)) for m in model)
+        isinstance(m, (nn.Linear, nn.Flatten, SeededDropout, *ELEMENTWISE)) for m in model)
 
 
 def make_forward(model: nn.Module, kernels: bool = True):
@@ -156,8 +157,10 @@ def make_forward(model: nn.Module, kernels: bool = True):
     Plain Linear/activation stacks run as one batched matmul per layer for the whole population
     (``zoo.kernels.population_linear``: torch.baddbmm on CPU, the fused Triton GEMM with the ReLU
     in its epilogue on CUDA), the fast path; any other module goes through
-    ``vmap(functional_call)``. Both give the same numbers. ``kernels=False`` keeps the fast path on
-    plain torch ops (for callers that vmap over the backward pass or need float64 throughout).
+    ``vmap(functional_call)``. Both give the same numbers, dropout masks included (each model's
+    SeededDropout key and counter come in ``buffers``, see ``stack_dropout_state``).
+    ``kernels=False`` keeps the fast path on plain torch ops (for callers that vmap over the
+    backward pass or need float64 throughout).
     """
     if not is_linear_stack(model):
         return lambda p, b, x: population_forward(model, p, b, x, shared_input=False)
@@ -172,6 +175,8 @@ def make_forward(model: nn.Module, kernels: bool = True):
                           "relu" if fuse_relu else "none"))
         elif isinstance(m, nn.Flatten):
             steps.append(("flatten", None, None, None))
+        elif isinstance(m, SeededDropout):
+            steps.append(("dropout", m, f"{name}.key", f"{name}.step"))
         elif not (type(m) is nn.ReLU and steps and steps[-1][3] == "relu"):
             steps.append(("act", m, None, None))
 
@@ -182,6 +187,8 @@ def make_forward(model: nn.Module, kernels: bool = True):
                 h = linear(h, p[a], p[bias] if bias else None, act)
             elif kind == "flatten":
                 h = h.flatten(2)
+            elif kind == "dropout":  # the population's stacked keys and counters, as under vmap
+                h = a.apply_to(h, b.get(bias, a.key), b.get(act, a.step), h.shape[1:])
             else:
                 h = a(h)
         return h

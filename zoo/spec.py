@@ -35,6 +35,9 @@ LMC_MODES = ("none", "weight", "all")  # aligned barriers in the build: off, wei
 # Fields that may differ between the models of one population (held as per-model tensors).
 PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.label_noise",
                   "task.train_fraction", "task.augment")
+# Fields added after zoos were published, with the value that reproduces the older models: ids and
+# fingerprints leave them out at that value, so those models keep their ids and random streams.
+NEUTRAL = {"arch.dropout": 0.0}
 
 
 @dataclass
@@ -60,6 +63,7 @@ class ArchSpec:
     depth: int = 2
     activation: str = "relu"
     init: str = "default"  # weight init of conv/linear layers (the Model Zoos' init axis)
+    dropout: float = 0.0  # after each hidden activation (mlp, cnn, cnn_s, cnn_l; the Model Zoos' dropout axis)
     heads: int = 4  # transformers
     patch_size: int = 4  # ViT
 
@@ -171,6 +175,21 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
+def identity(config: dict) -> dict:
+    """A flat config (dotted keys) without the NEUTRAL fields at their neutral value: what ids hash."""
+    return {k: v for k, v in config.items() if k not in NEUTRAL or v != NEUTRAL[k]}
+
+
+def spec_identity(spec: ZooSpec) -> dict:
+    """``spec.to_dict()`` without the NEUTRAL fields at their neutral value (see ``identity``)."""
+    d = spec.to_dict()
+    for key, value in NEUTRAL.items():
+        section, _, name = key.partition(".")
+        if d[section][name] == value:
+            del d[section][name]
+    return d
+
+
 # ---------------------------------------------------------------- loading and validation
 
 def _check_type(where: str, value: Any, expected: type) -> Any:
@@ -262,6 +281,8 @@ def _validate_values(spec: ZooSpec) -> None:
         raise SpecError(f"task.train_fraction must be in (0, 1], got {t.train_fraction!r}")
     if not 0 <= t.label_noise <= 1:
         raise SpecError(f"task.label_noise must be in [0, 1], got {t.label_noise!r}")
+    if not 0 <= a.dropout < 1:
+        raise SpecError(f"arch.dropout must be in [0, 1), got {a.dropout!r}")
     if not 0 <= tr.momentum < 1:
         raise SpecError(f"train.momentum must be in [0, 1), got {tr.momentum!r}")
     if tr.weight_decay < 0:
@@ -321,6 +342,12 @@ def _check_arch_fits_task(spec: ZooSpec) -> None:
         raise SpecError(f"arch.width ({a.width}) must be divisible by arch.heads ({a.heads})")
     if t.name == "convection" and a.family not in ("pinn", "mlp"):
         raise SpecError(f"task convection takes arch.family pinn or mlp, not {a.family}")
+    if a.dropout > 0:
+        from .generators.architectures import FAMILIES as BUILDERS  # each family declares its fields
+
+        takes = [f for f in FAMILIES if "dropout" in BUILDERS[f][2]]
+        if a.family not in takes:
+            raise SpecError(f"arch.dropout applies to arch.family {', '.join(takes)}, not {a.family}")
 
 
 def validate(spec: ZooSpec) -> None:

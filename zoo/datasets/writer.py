@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path, atomic_write_bytes, sha256_file
-from ..spec import ZooSpec, stable_hash
+from ..spec import ZooSpec, identity, stable_hash
 from .card import dataset_card
 
 SCHEMA_VERSION = 1
@@ -29,7 +29,7 @@ ROWS_PER_GROUP_BYTES = 64 << 20  # checkpoint row groups of ~64 MB stream well
 
 
 def arch_id(config: dict) -> str:
-    arch = {k: v for k, v in config.items() if k.startswith("arch.")}
+    arch = {k: v for k, v in identity(config).items() if k.startswith("arch.")}
     return f"{config['arch.family']}-" + stable_hash({**arch, "task": config["task.name"]}, 8)
 
 

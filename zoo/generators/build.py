@@ -22,7 +22,7 @@ import torch
 
 from ..io import atomic_path, atomic_write_bytes
 from ..metrics.measure import measure_population
-from ..spec import MetricsSpec, ZooSpec, stable_hash
+from ..spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
 from .adaptive import adaptive_plans
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
@@ -45,7 +45,7 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 def spec_fingerprint(spec: ZooSpec) -> str:
     """What must match for a rerun to resume: everything that changes the models."""
-    d = spec.to_dict()
+    d = spec_identity(spec)
     d["build"] = {k: v for k, v in d["build"].items() if k not in ("max_population",)}
     d.pop("description", None)
     return stable_hash(d, 16)

@@ -4,7 +4,7 @@ All trainable parameters live in one flat buffer ``theta`` [M, P] (state_dict or
 takes views of it, runs one batched forward for all models, one backward of the summed per-model
 losses (the models share no parameters, so each gets exactly its own gradient) and one fused
 optimizer update on [M, P] with per-model lr / momentum / weight decay as [M, 1] tensors.
-Every random stream (init, label noise, data subset, batch order) comes from the model's own
+Every random stream (init, label noise, data subset, batch order, dropout keys) comes from the model's own
 seed, so a model trains to the same weights whichever population it is in.
 """
 
@@ -30,6 +30,7 @@ from ..functional import (  # noqa: F401
     stack_states,
     to_flat,
 )
+from .architectures.dropout import assign_dropout_keys, stack_dropout_state
 from .tasks import TaskData
 from .tasks.objectives import objective_for
 
@@ -82,7 +83,7 @@ def seed_stream(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + stream) % (2**63 - 1))
 
 
-INIT, NOISE, SUBSET, ORDER, AUGMENT = range(5)
+INIT, NOISE, SUBSET, ORDER, AUGMENT, DROPOUT = range(6)
 SHIFT = 4  # pixels of random translation (zero padded), as in the usual CIFAR augmentation
 
 
@@ -92,7 +93,7 @@ def init_models(build: Callable[[], nn.Module], seeds: list[int]) -> list[nn.Mod
     with torch.random.fork_rng(devices=[]):
         for s in seeds:
             torch.manual_seed(seed_stream(s, INIT).initial_seed())
-            models.append(build())
+            models.append(assign_dropout_keys(build(), seed_stream(s, DROPOUT)))
     return models
 
 
@@ -167,6 +168,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
     template = models[0].train()
     layout = layout_of(template)
     params0, buffers = stack_states(models)
+    buffers |= stack_dropout_state(models)  # per-model dropout keys and counters (int64, not published)
     del models
     m = len(members)
     train_names = [t for t in layout.tensors if t.trainable]

@@ -1,7 +1,8 @@
 """Phase-plane samplers: turn a spec into model plans with stable ids, and group them.
 
 A model's id is the hash of its full resolved config (task, arch, train and seed), so ids and
-random streams stay the same when a grid is extended or reordered.
+random streams stay the same when a grid is extended or reordered (also by a field added later,
+such as arch.dropout, at its neutral value: see spec.NEUTRAL).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from ..spec import PER_MODEL_KEYS, ZooSpec, stable_hash
+from ..spec import PER_MODEL_KEYS, ZooSpec, identity, stable_hash
 
 
 @dataclass
@@ -48,9 +49,10 @@ def grid(spec: ZooSpec) -> list[ModelPlan]:
         if config["train.epochs"] > 0:  # an epoch budget fixes the number of steps per batch size
             config["train.steps"] = math.ceil(config["train.epochs"] * config["task.n_train"]
                                               / config["train.batch_size"])
-        cell_id = "c-" + stable_hash(config, 10)
+        hashed = identity(config)
+        cell_id = "c-" + stable_hash(hashed, 10)
         for seed in spec.phase.seeds:
-            model_id = "m-" + stable_hash({"config": config, "seed": seed}, 14)
+            model_id = "m-" + stable_hash({"config": hashed, "seed": seed}, 14)
             plans.append(ModelPlan(model_id, cell_id, seed, config,
                                    {a.name: v for a, v in zip(axes, values)}))
     return plans
@@ -66,7 +68,7 @@ def plan_models(spec: ZooSpec, sampler: str | None = None) -> list[ModelPlan]:
 
 
 def arch_key(config: dict) -> str:
-    return stable_hash({k: v for k, v in config.items() if k.startswith("arch.")})
+    return stable_hash({k: v for k, v in identity(config).items() if k.startswith("arch.")})
 
 
 def group_populations(plans: list[ModelPlan], max_population: int,

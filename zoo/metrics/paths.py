@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import kernels as zk
 from ..functional import evaluate, is_linear_stack, make_forward
+from ..generators.architectures.dropout import no_dropout
 
 Tensor = torch.Tensor
 
@@ -84,7 +85,9 @@ def reset_batchnorm(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
         was = model.training
         model.train()
         try:
-            make_forward(model)(params, fresh, x.unsqueeze(0).expand(next(iter(params.values())).shape[0], *x.shape))
+            m = next(iter(params.values())).shape[0]
+            with no_dropout(model):
+                make_forward(model)(params, fresh, x.unsqueeze(0).expand(m, *x.shape))
         finally:
             model.train(was)
     return fresh

@@ -1,7 +1,8 @@
 """Architecture families: a dict from family name to (config class, builder, spec fields used).
 
 Every family is width-scalable: ``arch.width`` is its capacity axis (hidden units, channels of
-the first conv, base width of a ResNet, embedding size of a transformer).
+the first conv, base width of a ResNet, embedding size of a transformer). Families listing
+"dropout" take ``arch.dropout`` (dropout.SeededDropout after each hidden activation).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from torch import nn
 from . import cnn, cnn_zoo, mlp, resnet, transformer
 
 FAMILIES = {
-    "mlp": (mlp.MLPConfig, mlp.build, ("width", "depth", "activation")),
+    "mlp": (mlp.MLPConfig, mlp.build, ("width", "depth", "activation", "dropout")),
     "pinn": (mlp.MLPConfig, mlp.build, ("width", "depth", "activation")),
-    "cnn": (cnn.CNNConfig, cnn.build, ("width", "depth", "activation")),
-    "cnn_s": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_s, ("width", "activation")),
-    "cnn_l": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_l, ("width", "activation")),
+    "cnn": (cnn.CNNConfig, cnn.build, ("width", "depth", "activation", "dropout")),
+    "cnn_s": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_s, ("width", "activation", "dropout")),
+    "cnn_l": (cnn_zoo.ZooCNNConfig, cnn_zoo.build_l, ("width", "activation", "dropout")),
     "resnet18": (resnet.ResNetConfig, resnet.build, ("width",)),
     "resnet50": (resnet.ResNetConfig, resnet.build, ("width",)),
     "vit": (transformer.ViTConfig, transformer.build_vit, ("width", "depth", "heads", "patch_size")),
@@ -69,6 +70,7 @@ def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, v
     if family not in FAMILIES:
         raise ValueError(f"unknown architecture family {family!r}")
     config_cls, builder, used = FAMILIES[family]
+    config = {"arch.dropout": 0.0, **config}  # absent from the configs of zoos published before it
     kwargs = {**_task_kwargs(family, tuple(input_shape), n_classes, vocab_size),
               **{k: config[f"arch.{k}"] for k in used}}
     init = config.get("arch.init", "default")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .dropout import dropout_layers, sequential
 from .mlp import ACTIVATIONS
 
 
@@ -19,10 +20,11 @@ class CNNConfig:
     kernel_size: int = 3
     activation: str = "relu"
     batch_norm: bool = True
+    dropout: float = 0.0  # after each block's activation
 
 
 def build(cfg: CNNConfig) -> nn.Sequential:
-    """[Conv -> BN -> act -> MaxPool(2)] x depth -> global average pool -> Linear."""
+    """[Conv -> BN -> act (-> dropout) -> MaxPool(2)] x depth -> global average pool -> Linear."""
     conv = nn.Conv1d if cfg.spatial_dims == 1 else nn.Conv2d
     norm = nn.BatchNorm1d if cfg.spatial_dims == 1 else nn.BatchNorm2d
     pool = nn.MaxPool1d if cfg.spatial_dims == 1 else nn.MaxPool2d
@@ -34,7 +36,7 @@ def build(cfg: CNNConfig) -> nn.Sequential:
                            bias=not cfg.batch_norm))
         if cfg.batch_norm:
             layers.append(norm(cfg.width))
-        layers += [ACTIVATIONS[cfg.activation](), pool(2)]
+        layers += [ACTIVATIONS[cfg.activation](), *dropout_layers(cfg.dropout), pool(2)]
         c = cfg.width
     layers += [gap, nn.Flatten(), nn.Linear(c, cfg.out_dim)]
-    return nn.Sequential(*layers)
+    return sequential(layers)

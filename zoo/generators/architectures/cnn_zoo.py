@@ -3,7 +3,8 @@
 CNN-s: conv 5x5 (8 ch) -> pool -> conv 5x5 (6) -> pool -> conv 2x2 (4) -> linear 20 -> linear out,
 2,464 parameters on 28x28 grayscale (MNIST). CNN-l: 3x3 convs of 16, 32, 15 channels, each
 followed by a 2x2 max-pool, then linear 20 -> out: 10,853 parameters on 32x32 RGB (CIFAR-10).
-``width`` is the first conv's channel count; the others scale with it.
+``width`` is the first conv's channel count; the others scale with it. ``dropout`` > 0 adds a
+SeededDropout after every hidden activation (the Model Zoos' dropout axis).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .dropout import SeededDropout, dropout_layers, sequential
 from .mlp import ACTIVATIONS
 
 VARIANTS = {  # reference channels, kernel sizes, convs followed by a pool; width rescales channels
@@ -30,6 +32,7 @@ class ZooCNNConfig:
     width: int | None = None  # None: the reference width of the variant (8 for s, 16 for l)
     hidden: int = 20
     activation: str = "tanh"
+    dropout: float = 0.0  # after each hidden activation, as in the Model Zoos
 
 
 def build(cfg: ZooCNNConfig) -> nn.Sequential:
@@ -43,12 +46,14 @@ def build(cfg: ZooCNNConfig) -> nn.Sequential:
         layers += [nn.Conv2d(c, ch, k)]
         if i < pooled:
             layers += [nn.MaxPool2d(2)]
-        layers += [act()]
+        layers += [act(), *dropout_layers(cfg.dropout)]
         c = ch
-    features = nn.Sequential(*layers)
+    # the shape probe leaves dropout out, so building a model advances no dropout counter
+    features = nn.Sequential(*(m for m in layers if not isinstance(m, SeededDropout)))
     with torch.no_grad():
         n = features(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size)).numel()
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(n, cfg.hidden), act(), nn.Linear(cfg.hidden, cfg.out_dim))
+    return sequential([*layers, nn.Flatten(), nn.Linear(n, cfg.hidden), act(), *dropout_layers(cfg.dropout),
+                       nn.Linear(cfg.hidden, cfg.out_dim)])
 
 
 def build_s(cfg: ZooCNNConfig) -> nn.Sequential:
