@@ -157,14 +157,31 @@ def test_parallel_build_equals_serial(smoke_zoo, tmp_path):
     assert par == ser
 
 
-def test_calibration_measures_a_rate_and_estimates_use_it(tmp_path, monkeypatch):
+def test_calibration_measures_three_terms_and_estimates_use_them(tmp_path, monkeypatch):
     import zoo.cost as cost
+    from zoo.generators.build import checkpoint_steps
+    from zoo.generators.sampling import group_populations, plan_models
     from zoo.spec import load_spec
 
     monkeypatch.setattr(cost, "_calibration_paths", lambda: [tmp_path / "calibration.json"])
     monkeypatch.setattr(cost, "CALIBRATION_FAMILIES", {"mlp": cost.CALIBRATION_FAMILIES["mlp"]})
-    rate = cost.calibrate("cpu", steps=2, models=2, budget=0.2)["mlp"]
-    assert rate > 0
-    assert json.loads((tmp_path / "calibration.json").read_text())["cpu"]["mlp"] == rate
+    c = cost.calibrate("cpu", steps=2, models=2, budget=0.2)["mlp"]
+    assert c["train_flops_per_s"] > 0 and c["eval_flops_per_s"] > 0 and c["step_s"] >= 0
+    assert json.loads((tmp_path / "calibration.json").read_text())["cpu"]["mlp"] == c
     spec = load_spec("smoke")
-    assert cost.estimate(spec)["cpu_seconds"] == pytest.approx(cost.estimate(spec)["train_flops"] / rate)
+    plans = plan_models(spec)
+    expected = sum(p.members[0].config["train.steps"] * c["step_s"]
+                   for p in group_populations(plans, spec.build.max_population))
+    for p in plans:
+        k = cost.model_costs(p.config)
+        expected += k["flops"] * p.config["train.batch_size"] * p.config["train.steps"] / c["train_flops_per_s"]
+        evaluated = len(checkpoint_steps(p.config["train.steps"], spec.train.checkpoints)) * (
+            p.config["task.n_train"] + p.config["task.n_test"])
+        expected += k["forward_flops"] * evaluated / c["eval_flops_per_s"]
+    assert 0 < k["forward_flops"] < k["flops"]
+    assert cost.estimate(spec)["cpu_seconds"] == pytest.approx(expected)
+    # a cache written before the three-term model (one FLOP/s per family) still estimates
+    (tmp_path / "calibration.json").write_text(json.dumps({"cpu": {"mlp": 1e9}}))
+    assert cost.load_calibration()["cpu"]["mlp"] == {"train_flops_per_s": 1e9, "eval_flops_per_s": 1e9,
+                                                     "step_s": 0.0}
+    assert cost.estimate(spec)["cpu_seconds"] > 0

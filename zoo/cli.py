@@ -82,8 +82,10 @@ def _cmd_presets(args) -> int:
     from .spec import load_spec, preset_names
 
     if args.calibrate:
-        rates = calibrate("cuda" if args.device == "cuda" else "cpu")
-        print("calibrated training GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in rates.items()))
+        table = calibrate("cuda" if args.device == "cuda" else "cpu")
+        print("calibrated (train GFLOP/s, eval GFLOP/s, ms per step): " + ", ".join(
+            f"{k} {c['train_flops_per_s'] / 1e9:.1f}/{c['eval_flops_per_s'] / 1e9:.1f}/{c['step_s'] * 1e3:.2f}"
+            for k, c in table.items()))
 
     def duration(s: float) -> str:
         if s != s:  # NaN: no calibration for this device
@@ -106,8 +108,8 @@ def _cmd_presets(args) -> int:
                   else f"{c['params_min']:,}-{c['params_max']:,}")
         print(f"{name:<30}{spec.n_models:>7}{params:>22}{c['train_flops'] / 1e15:>12.4g}"
               f"{memory(c['population_bytes']):>9}{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
-    print("times: counted training FLOPs / measured population-trainer throughput (zoo presets --calibrate);"
-          " GPU n/a until calibrated on a GPU")
+    print("times: steps x measured per-step cost + counted training and checkpoint-evaluation FLOPs / measured"
+          " throughput (zoo presets --calibrate); GPU n/a until calibrated on a GPU")
     return 0
 
 

@@ -1,9 +1,12 @@
 """Cost estimates for a spec: FLOPs and activations counted on the real model, time from a
 measured throughput calibration of the population trainer on this kind of machine.
 
-``zoo presets --calibrate`` trains a small population of every family for a few steps, divides
-the counted training FLOPs by the wall time and stores FLOP/s per (device, family) in the user
-cache; the numbers shipped in ``calibration.json`` were measured that way on a 2-core x86 CPU.
+Time of a build's training = per population, steps x a fixed per-step cost (op dispatch, which
+dominates small models on small inputs) + counted training FLOPs / training throughput + the
+checkpoint evaluations' forward FLOPs (train and test set at every checkpoint) / evaluation
+throughput. ``zoo presets --calibrate`` measures the three per family on a device by differences
+of short and long runs and stores them in the user cache; the numbers shipped in
+``calibration.json`` were measured that way on a 2-core x86 CPU.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _example_input(shape, vocab):
 
 
 def model_costs(config: dict) -> dict:
-    """Per-sample training FLOPs, activations saved per sample, and parameters of one config."""
+    """Per-sample training and forward FLOPs, activations saved per sample, and parameters of one config."""
     arch = tuple(sorted((k, v) for k, v in config.items() if k.startswith("arch.") and k != "arch.init"))
     key = (arch, task_shape(config))  # tasks of one sample shape (CIFAR-10, SVHN) cost the same
     if key not in _COSTS:
@@ -81,11 +84,13 @@ def _count(config: dict) -> dict:
              for m in model.modules() if not list(m.children())]
     counter = FlopCounterMode(display=False)
     with counter:
-        model(x).float().sum().backward()
+        out = model(x).float().sum()
+        forward = counter.get_total_flops()
+        out.backward()
     for h in hooks:
         h.remove()
-    return {"flops": counter.get_total_flops() // 2, "activations": sum(acts) // 2,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {"flops": counter.get_total_flops() // 2, "forward_flops": forward // 2,
+            "activations": sum(acts) // 2, "params": sum(p.numel() for p in model.parameters())}
 
 
 def _calibration_paths() -> list[Path]:
@@ -93,53 +98,85 @@ def _calibration_paths() -> list[Path]:
 
 
 def load_calibration() -> dict:
+    """{device: {family: {"train_flops_per_s", "eval_flops_per_s", "step_s"}}}, shipped + user cache."""
     table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text())
     table.pop("_comment", None)
     for path in _calibration_paths():
         if path.exists():
             for device, fams in json.loads(path.read_text()).items():
                 table.setdefault(device, {}).update(fams)
+    for fams in table.values():  # caches written before the three-term model hold one rate
+        for family, c in fams.items():
+            if not isinstance(c, dict):
+                fams[family] = {"train_flops_per_s": c, "eval_flops_per_s": c, "step_s": 0.0}
     return table
 
 
 def estimate(spec) -> dict:
     """Training FLOPs, parameters, memory of the largest population and time on CPU / GPU."""
+    from .generators.build import checkpoint_steps
+    from .generators.sampling import group_populations
+
     calib = load_calibration()
     total, sizes, memory, seconds = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}
     plans = plan_models(spec)
+    for pop in group_populations(plans, spec.build.max_population):
+        family, steps = pop.members[0].config["arch.family"], pop.members[0].config["train.steps"]
+        for device in seconds:
+            c = calib.get(device, {}).get(family)
+            seconds[device] += steps * c["step_s"] if c else math.nan
     for plan in plans:
-        states = 3 if plan.config["train.optimizer"] == "sgd" else 4  # weights, grads, momentum (+ Adam's)
-        c = model_costs(plan.config)
+        cfg = plan.config
+        states = 3 if cfg["train.optimizer"] == "sgd" else 4  # weights, grads, momentum (+ Adam's)
+        c = model_costs(cfg)
         sizes.append(c["params"])
-        flops = c["flops"] * plan.config["train.batch_size"] * plan.config["train.steps"]
+        flops = c["flops"] * cfg["train.batch_size"] * cfg["train.steps"]
+        evaluated = len(checkpoint_steps(cfg["train.steps"], spec.train.checkpoints)) * (
+            cfg["task.n_train"] + cfg["task.n_test"])
         total += flops
         pop = min(spec.build.max_population, len(plans))
-        memory = max(memory, pop * 4 * (states * c["params"] + 2 * c["activations"] * plan.config["train.batch_size"]))
+        memory = max(memory, pop * 4 * (states * c["params"] + 2 * c["activations"] * cfg["train.batch_size"]))
         for device in seconds:
-            rate = calib.get(device, {}).get(plan.config["arch.family"])
-            seconds[device] += flops / rate if rate else math.nan
+            rates = calib.get(device, {}).get(cfg["arch.family"])
+            seconds[device] += (flops / rates["train_flops_per_s"]
+                                + c["forward_flops"] * evaluated / rates["eval_flops_per_s"]) if rates else math.nan
     return {"train_flops": total, "params_min": min(sizes), "params_max": max(sizes),
             "population_bytes": memory, "cpu_seconds": seconds["cpu"], "gpu_seconds": seconds["cuda"]}
 
 
-def _train_seconds(build, members, data, device: str, steps: int) -> float:
+def _train_seconds(build, members, data, device: str, steps: int, batch: int = 64,
+                   evaluate_every_step: bool = False) -> float:
     from .generators.population import TrainConfig, train_population
 
+    checkpoints = list(range(1, steps + 1)) if evaluate_every_step else [steps]
     t = time.perf_counter()
-    train_population(build, members, data, TrainConfig(steps=steps, batch_size=64, checkpoint_steps=[steps],
-                                                      device=device))
+    train_population(build, members, data, TrainConfig(steps=steps, batch_size=batch,
+                                                      checkpoint_steps=checkpoints, device=device))
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
-def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: float = 8.0) -> dict[str, float]:
-    """Measure training FLOP/s of the population trainer per family on ``device`` (``models`` models
-    at batch 64, about ``budget`` seconds each); store them in the user cache."""
-    from .generators.population import Member, TrainConfig, train_population
+def _per_unit(seconds, n: int, budget: float, cap: int = 50, repeats: int = 2) -> float:
+    """Seconds per unit of work: the difference of a run with n units and one with as many more as
+    fit in about ``budget`` seconds (at most ``cap`` x n), which cancels the fixed set-up cost.
+    Each run is the fastest of ``repeats`` (page faults and the scheduler only ever add time)."""
+    def best(k):
+        return min(seconds(k) for _ in range(repeats))
+
+    short = best(n)
+    extra = int(min(max(budget * n / short, n), cap * n))
+    return max(best(n + extra) - short, 1e-9) / extra
+
+
+def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: float = 8.0) -> dict[str, dict]:
+    """Measure, per family on ``device`` (``models`` models, about 2 x ``budget`` seconds per term):
+    training FLOP/s at batch 64, the fixed per-step cost (steps at batch 1, minus their FLOPs at
+    that rate) and the FLOP/s of checkpoint evaluation; store them in the user cache."""
+    from .generators.population import Member
     from .generators.tasks import TaskData
 
-    rates = {}
+    table = {}
     for family, (task, arch) in CALIBRATION_FAMILIES.items():
         config = {"arch.family": family, **{f"arch.{k}": v for k, v in arch.items()}, "task.name": task,
                   "task.modulus": 97, "task.input_dim": 16}
@@ -154,22 +191,21 @@ def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: flo
         xa = np.asarray(adapt(torch.as_tensor(x)))
         data = TaskData(task, xa, y, xa[:8], y[:8], n_out, kind, extras)
         members = [Member(f"m{i}", i, 0.01) for i in range(models)]
-        train_population(build, members[:2], data, TrainConfig(steps=2, batch_size=32, checkpoint_steps=[2],
-                                                              device=device))
-        seconds = partial(_train_seconds, build, members, data, device)
+        run = partial(_train_seconds, build, members, data, device)
+        run(2, batch=2)  # warm-up
+        costs = model_costs(config)
 
-        # the difference of a short and a long run is the time of the extra steps alone, without
-        # the fixed set-up and evaluation cost that dominates short runs of small models; the
-        # long run gets as many extra steps as fit in about ``budget`` seconds
-        short = seconds(steps)
-        extra = int(min(max(budget * steps / short, steps), 50 * steps))
-        per_step = max(seconds(steps + extra) - short, 1e-9) / extra
-        rates[family] = model_costs(config)["flops"] * 64 * models / per_step
+        rate = costs["flops"] * 64 * models / _per_unit(run, steps, budget)
+        small_step = _per_unit(partial(run, batch=1), steps, budget)
+        step_s = max(small_step - costs["flops"] * models / rate, 0.0)
+        # the same batch-1 steps, each followed by a checkpoint evaluation of the train and test sets
+        per_eval = max(_per_unit(partial(run, batch=1, evaluate_every_step=True), steps, budget) - small_step, 1e-9)
+        evaluate = costs["forward_flops"] * (len(data.x_train) + len(data.x_test)) * models / per_eval
+        table[family] = {"train_flops_per_s": rate, "eval_flops_per_s": evaluate, "step_s": step_s}
     path = _calibration_paths()[0]
-    table = json.loads(path.read_text()) if path.exists() else {}
-    table[device] = {**table.get(device, {}), **rates}
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored[device] = {**stored.get(device, {}), **table}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1))
-    return rates
-
+    path.write_text(json.dumps(stored, indent=1))
+    return table
 
