@@ -17,6 +17,7 @@ state is needed only while training (eval mode is the identity). ``load_flat`` l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -27,38 +28,46 @@ from torch import nn
 MASK32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for 32-bit x and c without overflowing int64: c's top bit becomes a shift."""
-    low = x * (c & 0x7FFFFFFF)
-    if c >> 31:
-        low = low + ((x & 1) << 31)
-    return low & MASK32
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x <- (x * c) mod 2**32 in place, for 32-bit x and c without overflowing int64: c's top bit
+    becomes a shift."""
+    top = (x & 1) << 31 if c >> 31 else None
+    x.mul_(c & 0x7FFFFFFF)
+    if top is not None:
+        x.add_(top)
+    return x.bitwise_and_(MASK32)
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """lowbias32 (C. Wellons' hash prospector): a bijection of [0, 2**32) with full avalanche."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x = x ^ (x >> 16)  # the one copy; the rest runs in place (this is the cost of a dropout layer)
+    _mul32_(x, 0x7FEB352D)
+    x ^= x >> 15
+    _mul32_(x, 0x846CA68B)
+    x ^= x >> 16
+    return x
+
+
+@functools.lru_cache(maxsize=32)
+def _scrambled_index(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """mix32 of every element's index: the same for all models and steps, so hashed once."""
+    return mix32(torch.arange(math.prod(shape), device=device)).view(shape)
 
 
 def keep_mask(key: torch.Tensor, step: torch.Tensor, shape: tuple[int, ...], p: float,
               device: torch.device) -> torch.Tensor:
     """Bool mask of ``shape``, each element kept with probability 1 - p, from (key, step) only.
 
-    Two keyed rounds over the element index: with one (``mix(i ^ seed)``) two seeds whose xor is
-    small would give the same mask shifted, a dependence between models or steps.
+    h = mix(mix(i) ^ seed(key, step)). The inner mix scatters the indices over 32 bits, so two
+    seeds map an element onto an unrelated one (with ``mix(i ^ seed)`` two seeds whose xor is small
+    would give the same mask shifted, a dependence between models or steps).
 
     ``key`` and ``step`` are scalars (one model, as under vmap) or [M] (a stacked population, mask
     [M, *shape]).
     """
     seed = mix32(key ^ mix32(step & MASK32))
     seed = seed.reshape(*seed.shape, *[1] * len(shape))
-    index = torch.arange(math.prod(shape), device=device).view(shape)
-    h = mix32((mix32(index ^ seed) + seed) & MASK32)
-    return h < round((1 - p) * 2**32)
+    return mix32(_scrambled_index(tuple(shape), torch.device(device)) ^ seed) < round((1 - p) * 2**32)
 
 
 class SeededDropout(nn.Dropout):
