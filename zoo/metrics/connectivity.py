@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from ..functional import make_forward
-from ..generators.architectures.dropout import no_dropout
 from ..kernels import bezier_coeffs
 from .paths import (
     barrier_variants,
+    batch_statistics,
     curves,
     evaluate_line,
     evaluate_path,
@@ -139,42 +139,37 @@ def train_bends(model: nn.Module, objective, params: dict[str, Tensor], buffers:
     t_all, idx_all = t_all.to(ref.device), idx_all.to(train_x.device)
     fused = fused_paths(model, bufs)
     forward = make_forward(model)
-    was = model.training
-    model.train()  # BatchNorm normalises with batch statistics while the bends train; dropout stays off
-    try:
-        with no_dropout(model):
-            for step in range(steps):
-                idx = idx_all[:, step]
-                if fused:  # each pair's point phi(t) mixed inside the GEMMs, one point per pair
-                    coeffs = bezier_coeffs(t_all[:, step]).unsqueeze(1)  # [K, 1, 3]
-                    phi, step_forward = {"state": t_all[:, step]}, path_forward(model, [w0, bend, w1], coeffs)
-                else:
-                    phi, step_forward = bezier_states(w0, bend, w1, t_all[:, step]), forward
-                loss = objective.batch_loss(step_forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
-                grads = torch.autograd.grad(loss.sum(), list(bend.values()))
-                with torch.no_grad():
-                    ok = loss.detach().isfinite()
-                    for grad in grads:
-                        ok &= grad.flatten(1).sum(1).isfinite()
-                    scale = torch.where(ok, lr, 0.0)
-                    for (name, p), g in zip(bend.items(), grads, strict=True):
-                        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-                        if weight_decay:
-                            g = g.add(p, alpha=weight_decay)
-                        keep = ok.view(-1, *[1] * (p.dim() - 1))
-                        if optimizer == "sgd":
-                            new = torch.add(g, buf[name], alpha=momentum)
-                            update = new
-                        else:
-                            b1, b2 = betas
-                            new = torch.lerp(buf[name], g, 1 - b1)
-                            new2 = torch.lerp(buf2[name], g * g, 1 - b2)
-                            update = (new / (1 - b1 ** (step + 1))) / (new2 / (1 - b2 ** (step + 1))).sqrt().add(1e-8)
-                            buf2[name] = torch.where(keep, new2, buf2[name])
-                        buf[name] = torch.where(keep, new, buf[name])
-                        p.sub_(scale.view_as(keep) * update)
-    finally:
-        model.train(was)
+    with batch_statistics(model):  # BatchNorm normalises with batch statistics while the bends train
+        for step in range(steps):
+            idx = idx_all[:, step]
+            if fused:  # each pair's point phi(t) mixed inside the GEMMs, one point per pair
+                coeffs = bezier_coeffs(t_all[:, step]).unsqueeze(1)  # [K, 1, 3]
+                phi, step_forward = {"state": t_all[:, step]}, path_forward(model, [w0, bend, w1], coeffs)
+            else:
+                phi, step_forward = bezier_states(w0, bend, w1, t_all[:, step]), forward
+            loss = objective.batch_loss(step_forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
+            grads = torch.autograd.grad(loss.sum(), list(bend.values()))
+            with torch.no_grad():
+                ok = loss.detach().isfinite()
+                for grad in grads:
+                    ok &= grad.flatten(1).sum(1).isfinite()
+                scale = torch.where(ok, lr, 0.0)
+                for (name, p), g in zip(bend.items(), grads, strict=True):
+                    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                    if weight_decay:
+                        g = g.add(p, alpha=weight_decay)
+                    keep = ok.view(-1, *[1] * (p.dim() - 1))
+                    if optimizer == "sgd":
+                        new = torch.add(g, buf[name], alpha=momentum)
+                        update = new
+                    else:
+                        b1, b2 = betas
+                        new = torch.lerp(buf[name], g, 1 - b1)
+                        new2 = torch.lerp(buf2[name], g * g, 1 - b2)
+                        update = (new / (1 - b1 ** (step + 1))) / (new2 / (1 - b2 ** (step + 1))).sqrt().add(1e-8)
+                        buf2[name] = torch.where(keep, new2, buf2[name])
+                    buf[name] = torch.where(keep, new, buf[name])
+                    p.sub_(scale.view_as(keep) * update)
     return {k: v.detach() for k, v in bend.items()}
 
 

@@ -69,6 +69,19 @@ def _bn_momentum(model: nn.Module, value: float | None):
             m.momentum = v
 
 
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Train mode with dropout off: BatchNorm normalises with batch statistics (and updates its
+    running stats) while the net stays deterministic. The model's mode is restored on exit."""
+    was = model.training
+    model.train()
+    try:
+        with no_dropout(model):
+            yield
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def reset_batchnorm(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
                     x: Tensor) -> dict[str, Tensor]:
@@ -82,14 +95,8 @@ def reset_batchnorm(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
     with _bn_momentum(model, 1.0) as bns:
         if not bns:
             return fresh
-        was = model.training
-        model.train()
-        try:
-            m = next(iter(params.values())).shape[0]
-            with no_dropout(model):
-                make_forward(model)(params, fresh, x.unsqueeze(0).expand(m, *x.shape))
-        finally:
-            model.train(was)
+        with batch_statistics(model):
+            make_forward(model)(params, fresh, x.unsqueeze(0).expand(next(iter(params.values())).shape[0], *x.shape))
     return fresh
 
 

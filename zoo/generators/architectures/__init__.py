@@ -11,6 +11,7 @@ import math
 
 from torch import nn
 
+from ...spec import NEUTRAL
 from . import cnn, cnn_zoo, mlp, resnet, transformer
 
 FAMILIES = {
@@ -70,7 +71,7 @@ def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, v
     if family not in FAMILIES:
         raise ValueError(f"unknown architecture family {family!r}")
     config_cls, builder, used = FAMILIES[family]
-    config = {"arch.dropout": 0.0, **config}  # absent from the configs of zoos published before it
+    config = {**NEUTRAL, **config}  # fields absent from the configs of zoos published before them
     kwargs = {**_task_kwargs(family, tuple(input_shape), n_classes, vocab_size),
               **{k: config[f"arch.{k}"] for k in used}}
     init = config.get("arch.init", "default")
