@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .spec import SpecError
+from .errors import SpecError, ZooError, os_error_line
 
 DEFAULT_OUT = "zoo-out"
 
@@ -114,27 +114,26 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .datasets.reader import DatasetError, load
+    from .datasets.reader import load
 
     folder = Path(args.dir)
-    try:
-        zoo = load(folder)  # checks the folder and its schema version
-    except DatasetError as e:
-        raise SpecError(str(e)) from None
+    zoo = load(folder)  # checks the folder, its manifest and its schema version
     manifest, models = zoo.manifest, zoo.models
     spec = manifest["spec"]
-    print(f"zoo {spec['name']!r} in {folder}  (zoo {manifest['zoo_version']}, torch "
-          f"{manifest['torch_version']}, created {manifest['created']})")
+    print(f"zoo {spec.get('name')!r} in {folder}  (zoo {manifest.get('zoo_version')}, torch "
+          f"{manifest.get('torch_version')}, created {manifest.get('created')})")
     print(f"models: {len(models)}  status: {models['status'].value_counts().to_dict()}  "
           f"splits: {models['split'].value_counts().to_dict()}")
     print(f"architectures: {models['arch_id'].nunique()}  params/model: {models['n_params'].min()}"
           f"-{models['n_params'].max()}  populations: {models['population_id'].nunique()}")
-    for axis in spec["phase"]["axes"]:
-        print(f"axis {axis['name']}: {axis['key']} = {axis['values']}")
+    for axis in spec.get("phase", {}).get("axes", []):
+        print(f"axis {axis.get('name')}: {axis.get('key')} = {axis.get('values')}")
     ok = models[models["status"] == "ok"]
-    if len(ok):
-        print(f"test acc: mean {ok['test_acc'].mean():.3f}  min {ok['test_acc'].min():.3f}  "
-              f"max {ok['test_acc'].max():.3f}")
+    for column in ("test_acc", "test_loss"):  # accuracy where the task has one, else the task's loss
+        if column in ok and len(ok):
+            print(f"{column.replace('_', ' ')}: mean {ok[column].mean():.4g}  min {ok[column].min():.4g}  "
+                  f"max {ok[column].max():.4g}")
+            break
     print(f"files: {len(manifest['files'])}")
     return 0
 
@@ -217,16 +216,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .generators.build import BuildError
-
     args = make_parser().parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
         print("zoo: error: --jobs must be >= 1", file=sys.stderr)
         return 2
     try:
         return args.func(args)
-    except (SpecError, BuildError) as e:
+    except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied, read-only file system: one line
+        print(f"zoo: error: {os_error_line(e, f'zoo {args.command}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted; rerun the same command to resume", file=sys.stderr)

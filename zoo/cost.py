@@ -114,8 +114,7 @@ def load_calibration() -> dict:
 
 def estimate(spec) -> dict:
     """Training FLOPs, parameters, memory of the largest population and time on CPU / GPU."""
-    from .generators.build import checkpoint_steps
-    from .generators.sampling import group_populations
+    from .generators.sampling import checkpoint_steps, group_populations
 
     calib = load_calibration()
     total, sizes, memory, seconds = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}

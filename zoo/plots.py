@@ -104,35 +104,24 @@ def _save(fig, path: Path, atomic_path) -> Path:
 
 
 def cmd_plot(args) -> int:
-    """`zoo plot DIR`: phase diagrams under DIR/plots/, then refresh zoo.json's checksums."""
-    from .datasets.reader import DatasetError, load
+    """`zoo plot DIR`: phase diagrams under DIR/plots/; zoo.json records the plots' checksums.
+
+    The zoo is checked against zoo.json first, so a damaged file is refused, never re-hashed."""
+    from .datasets.manifest import record, require_intact
+    from .datasets.reader import read_table
 
     root = Path(args.dir)
-    try:
-        models = load(root).models  # checks the folder and its schema version
-    except DatasetError as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
-        return 2
+    manifest = require_intact(root)  # DatasetError -> one line, exit 2
+    models = read_table(root, "models.parquet")
     try:
         paths = phase_diagrams(models, root / "plots")
     except ValueError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
-    _refresh_manifest(root)
+    record(root, manifest, written=paths, event={"command": "plot"})
     for p in paths:
         print(p)
     return 0
-
-
-def _refresh_manifest(root: Path) -> None:
-    import json
-
-    from .datasets.writer import write_manifest
-    from .spec import spec_from_dict
-
-    manifest = json.loads((root / "zoo.json").read_text())
-    keep = {k: manifest[k] for k in ("device", "precision", "phase_thresholds") if k in manifest}
-    write_manifest(root, spec_from_dict(manifest["spec"]), keep)
 
 
 __all__ = ["PANELS", "cmd_plot", "phase_diagrams"]

@@ -16,10 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
-class SpecError(ValueError):
-    """A user error in a spec, preset name or override: one line, no traceback."""
-
+from .errors import SpecError  # re-exported: callers import it from here
 
 TASKS = ("mnist1d", "digits", "modular", "teacher_student", "convection",
          "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")

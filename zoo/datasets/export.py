@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..io import atomic_path, atomic_write_bytes
+from .manifest import require_intact
 from .reader import DatasetError, load
 
 FORMATS = ("parquet", "hdf5", "npz")
@@ -46,6 +46,7 @@ def export(root: str | Path, fmt: str, out: str | Path, memory_budget: int = 256
     root, out = Path(root), Path(out)
     if fmt not in FORMATS:
         raise DatasetError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    require_intact(root)  # a damaged zoo is not copied into a new, valid-looking one
     zoo = load(root)
     if fmt == "parquet":
         out = _out_folder(out, root)
@@ -116,10 +117,6 @@ def _write_hdf5(zoo, target: Path, memory_budget: int) -> None:
 
 def cmd_export(args) -> int:
     """CLI: ``zoo export DIR --format F --out PATH``; user errors print one line and exit 2."""
-    try:
-        path = export(args.dir, args.format, args.out)
-    except (DatasetError, OSError) as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
-        return 2
+    path = export(args.dir, args.format, args.out)
     print(f"exported {args.dir} as {args.format} to {path}")
     return 0

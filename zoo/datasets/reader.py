@@ -10,7 +10,6 @@ files restricted to some models (a split, an architecture, a subset), sharing on
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,16 +18,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from ..errors import DatasetError
 from ..functional import Layout, TensorSpec
+from .manifest import read_manifest
 
-SUPPORTED_SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 # task name -> (sample shape, number of classes): what build_for_task needs to rebuild a model
 TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {"mnist1d": ((40,), 10)}
 
 
-class DatasetError(ValueError):
-    """A user-facing problem with a published zoo or a request on it (one line, exit 2)."""
 
 
 class WeightBatch(NamedTuple):
@@ -39,21 +37,27 @@ class WeightBatch(NamedTuple):
     weights: np.ndarray  # [B, P] float32
 
 
+def read_table(root: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A published Parquet table; a missing or damaged one is a DatasetError naming the file."""
+    import pyarrow as pa
+
+    path = root / name
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; run `zoo verify {root}`")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DatasetError(f"{path} is unreadable ({type(e).__name__}); run `zoo verify {root}`") from None
+
+
 class _Store:
     """What all views of one zoo share: the folder, full tables, the open HDF5 file, caches."""
 
     def __init__(self, root: Path):
         self.root = root
-        manifest_path = root / "zoo.json"
-        if not manifest_path.exists():
-            raise DatasetError(f"{root} is not a published zoo (no zoo.json); build one with zoo build")
-        self.manifest = json.loads(manifest_path.read_text())
-        version = self.manifest.get("schema_version", 1)
-        if version > SUPPORTED_SCHEMA_VERSION:
-            raise DatasetError(f"{root} has schema_version {version}; this zoo package reads up to "
-                               f"{SUPPORTED_SCHEMA_VERSION}: upgrade zoo")
-        self.models = pd.read_parquet(root / "models.parquet")
-        self.layout = pd.read_parquet(root / "layout.parquet")
+        self.manifest = read_manifest(root)
+        self.models = read_table(root, "models.parquet")
+        self.layout = read_table(root, "layout.parquet")
         self.arch_of = dict(zip(self.models["model_id"], self.models["arch_id"]))
         self._h5, self._pid = None, None
         self._rows: dict[str, dict[str, int]] = {}

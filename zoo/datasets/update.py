@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..spec import MetricsSpec, SpecError, apply_overrides, spec_from_dict
-from .reader import DatasetError, load
-from .writer import _write_parquet, write_manifest, write_table
+from ..spec import MetricsSpec, apply_overrides, spec_from_dict
+from .manifest import record, require_intact
+from .reader import load
+from .writer import _write_parquet, write_table
 
 FAMILIES = {
     "spectral": dict(hessian=False, connectivity=False, cka=False, lmc="none"),
@@ -61,6 +62,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     from ..generators.tasks.objectives import objective_for
     from ..metrics.measure import measure_population
 
+    manifest = require_intact(root)  # never re-hash a damaged file into a valid-looking zoo
     zoo = load(root)
     raw = apply_overrides(zoo.manifest["spec"], list(overrides))
     spec = spec_from_dict(raw)
@@ -91,8 +93,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     new_cols = pd.concat(per_model, ignore_index=True).set_index("model_id")
     stale = [c for c in models if c in new_cols.columns or c in ("phase", "cell_phase") or c.startswith("phase.")]
     models = models.drop(columns=stale).join(new_cols, on="model_id")
-    manifest = zoo.manifest
-    extra = {k: manifest[k] for k in ("device", "precision") if k in manifest}
+    extra = {"spec": spec.to_dict()}  # the spec as measured: metrics overrides included
     if "train_acc" in models and data.kind == "classification":
         from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
 
@@ -104,8 +105,10 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
         len(t) for t in pair_tables) else pd.DataFrame()
     layers = pd.concat([t for t in layer_tables if len(t)], ignore_index=True) if any(
         len(t) for t in layer_tables) else pd.DataFrame()
-    write_table(root, "pairs", _merge(zoo._store.table("pairs"), pairs, PAIR_KEYS))
-    write_table(root, "layers", _merge(zoo._store.table("layers"), layers, ["model_id", "step", "layer"]))
+    written, removed = ["models.parquet"], []
+    for name, new, keys in (("pairs", pairs, PAIR_KEYS), ("layers", layers, ["model_id", "step", "layer"])):
+        write_table(root, name, _merge(zoo._store.table(name), new, keys))
+        (written if (root / f"{name}.parquet").is_file() else removed).append(f"{name}.parquet")
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
     if "phase" in models:
         import contextlib
@@ -113,19 +116,14 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
         from ..plots import phase_diagrams
 
         with contextlib.suppress(ValueError):  # fewer than two varying axes
-            phase_diagrams(models, root / "plots")
-    write_manifest(root, spec, extra)
+            written += phase_diagrams(models, root / "plots")
+    record(root, manifest, written, removed, extra,
+           event={"command": "metrics", "family": family, "set": list(overrides)})
     return {"models": len(models), "pairs": len(pairs), "layers": len(layers)}
 
 
 def cmd_metrics(args) -> int:
-    from ..generators.build import BuildError
-
-    try:
-        summary = add_metrics(args.dir, args.family, args.set or [], progress=not args.quiet)
-    except (DatasetError, SpecError, BuildError) as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
-        return 2
+    summary = add_metrics(args.dir, args.family, args.set or [], progress=not args.quiet)
     print(f"added {args.family} metrics to {args.dir}: {summary['models']} models, "
           f"{summary['pairs']} pair rows, {summary['layers']} layer rows")
     return 0

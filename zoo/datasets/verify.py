@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import sha256_file
-from .reader import SPLITS, SUPPORTED_SCHEMA_VERSION
+from ..errors import DatasetError
+from .manifest import hash_problems, read_manifest
+from .reader import SPLITS
 
 REQUIRED = {
     "models.parquet": ["model_id", "cell_id", "population_id", "arch_id", "task", "seed", "split", "status",
@@ -28,38 +29,6 @@ REQUIRED = {
     "layers.parquet": ["model_id", "step", "layer"],
     "pairs.parquet": ["model_a", "model_b", "cell_id", "alignment"],
 }
-
-
-def _manifest(root: Path) -> tuple[dict | None, list[str]]:
-    path = root / "zoo.json"
-    if not root.is_dir():
-        return None, [f"{root} is not a folder"]
-    if not path.exists():
-        return None, [f"{root} has no zoo.json: not a published zoo"]
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, [f"zoo.json is unreadable: {e}"]
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        return None, ["zoo.json has no integer schema_version"]
-    if version > SUPPORTED_SCHEMA_VERSION:
-        return None, [f"schema_version {version} is newer than this zoo package supports "
-                      f"({SUPPORTED_SCHEMA_VERSION}); upgrade zoo"]
-    if not isinstance(manifest.get("files"), dict):
-        return None, ["zoo.json has no files table"]
-    return manifest, []
-
-
-def _hashes(root: Path, files: dict) -> list[str]:
-    problems = []
-    for rel, digest in sorted(files.items()):
-        path = root / rel
-        if not path.is_file():
-            problems.append(f"{rel}: listed in zoo.json but missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{rel}: sha256 differs from zoo.json (file changed or corrupt)")
-    return problems
 
 
 def _columns(name: str, names: list[str]) -> list[str]:
@@ -183,10 +152,11 @@ def _hdf5(root: Path, models, sizes: dict, steps_of: dict, ckpt) -> list[str]:
 def verify(root: str | Path) -> list[str]:
     """Problems found in the published zoo at ``root`` (empty list: all checks pass)."""
     root = Path(root)
-    manifest, problems = _manifest(root)
-    if manifest is None:
-        return problems
-    problems = _hashes(root, manifest["files"])
+    try:
+        manifest = read_manifest(root)
+    except DatasetError as e:
+        return [str(e)]
+    problems = hash_problems(root, manifest["files"])
     try:
         problems += _tables(root)
     except Exception as e:  # a corrupt Parquet/HDF5 file surfaces here as a problem, not a traceback

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import platform
-import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import atomic_path, atomic_write_bytes, sha256_file
+from ..io import atomic_path, atomic_write_bytes
+from ..shards import read_shard, shard_table
 from ..spec import ZooSpec, identity, stable_hash
 from .card import dataset_card
+from .manifest import write_manifest
 
-SCHEMA_VERSION = 1
 ROWS_PER_GROUP_BYTES = 64 << 20  # checkpoint row groups of ~64 MB stream well
 
 
@@ -74,8 +72,6 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     ``population_id`` is the model's population in this build's grouping of the whole plan, so a
     resumed build (which retrains only unfinished models) publishes the same ids.
     """
-    from ..generators.build import read_shard, shard_table
-
     population_of = {m.model_id: pop.population_id for pop in pops for m in pop.members}
     splits = assign_splits([p.model_id for p in plans], spec.build.split, spec.build.split_seed)
     models, ckpt_rows, layouts, weights_by_arch = [], {}, {}, {}
@@ -138,17 +134,20 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
         _activation_after(rows, spec)
         layout_rows += rows
     _write_parquet(out / "layout.parquet", pa.Table.from_pylist(layout_rows))
-    _write_checkpoints(out, ckpt_rows, mixed=len(layouts) > 1)
+    written = ["models.parquet", "layout.parquet", *_write_checkpoints(out, ckpt_rows, mixed=len(layouts) > 1)]
+    written += [f"{n}.parquet" for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file()]
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
+        written.append("zoo.h5")
     present = tuple(n for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file())
     atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows, present).encode())
+    written.append("README.md")
     if "phase" in models_df:
         from ..plots import phase_diagrams
 
         with contextlib.suppress(ValueError):  # fewer than two varying axes: no phase plane to draw
-            phase_diagrams(models_df, out / "plots")
-    write_manifest(out, spec, extra)
+            written += phase_diagrams(models_df, out / "plots")
+    write_manifest(out, spec.to_dict(), written, extra)
 
 
 def generalization_gap(final: dict) -> float:
@@ -170,8 +169,9 @@ def write_table(out: Path, name: str, table: pd.DataFrame, keep: set[str] | None
     _write_parquet(path, pa.Table.from_pandas(table.reset_index(drop=True), preserve_index=False))
 
 
-def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
-    """One part file per architecture; weights as fixed_size_list (large_list if archs mix)."""
+def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> list[str]:
+    """One part file per architecture; weights as fixed_size_list (large_list if archs mix).
+    Returns the files written, relative to ``out``."""
     folder = out / "checkpoints"
     folder.mkdir(exist_ok=True)
     for old in folder.glob("part-*.parquet"):
@@ -185,6 +185,7 @@ def _write_checkpoints(out: Path, rows_by_arch: dict, mixed: bool) -> None:
         table = pa.Table.from_pylist(rows).append_column("weights", column)
         rows_per_group = max(1, ROWS_PER_GROUP_BYTES // (4 * p))
         _write_parquet(folder / f"part-{k:05d}.parquet", table, row_group_size=rows_per_group)
+    return [f"checkpoints/part-{k:05d}.parquet" for k in range(len(rows_by_arch))]
 
 
 def _write_hdf5(out: Path, weights_by_arch: dict, layout_rows: list, models_df: pd.DataFrame, plans) -> None:
@@ -206,42 +207,3 @@ def _write_hdf5(out: Path, weights_by_arch: dict, layout_rows: list, models_df: 
             f.create_dataset(f"layout/{col}", data=lay[col].to_numpy(np.int64), track_times=False)
         f.create_dataset("layout/shape", data=np.array([json.dumps(s) for s in lay["shape"]], dtype="S"),
                          track_times=False)
-
-
-def _git_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def write_manifest(out: Path, spec: ZooSpec, extra: dict | None = None) -> dict:
-    """zoo.json: the spec as run, versions, device, and the sha256 of every published file."""
-    import torch
-
-    from .. import __version__
-
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "zoo.json"
-                   and not p.relative_to(out).parts[0].startswith("."))
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "spec": spec.to_dict(),
-        "zoo_version": __version__,
-        "git_hash": _git_hash(),
-        "torch_version": torch.__version__,
-        "triton_version": triton_version,
-        "python": platform.python_version(),
-        "device": "cpu",
-        "precision": "fp32",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": {str(p.relative_to(out)): sha256_file(p) for p in files},
-        **(extra or {}),
-    }
-    atomic_write_bytes(out / "zoo.json", json.dumps(manifest, indent=1, default=str).encode())
-    return manifest

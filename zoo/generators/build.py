@@ -9,38 +9,31 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ..io import atomic_path, atomic_write_bytes
+from ..errors import BuildError, DatasetError, os_error_line
+from ..io import atomic_write_bytes
 from ..metrics.measure import measure_population
+from ..shards import read_shard, write_shard
 from ..spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
 from .adaptive import adaptive_plans
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
-from .sampling import PopulationPlan, arch_key, group_populations, plan_models
+from .sampling import PopulationPlan, arch_key, checkpoint_steps, group_populations, plan_models
 from .tasks import DatasetMissing, TaskData, load_task
 from .tasks.objectives import objective_for
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
-SCHEMA_VERSION = 1
+NEW_STATE_PREFIX = ".zoo-new-"  # a build state being assembled (see prepare_output)
 
 
-class BuildError(RuntimeError):
-    """A user-facing build problem (bad output folder, corrupt shard): one line, exit 2."""
-
-
-def checkpoint_steps(steps: int, n: int) -> list[int]:
-    """Step 0 (the initialisation) and ``n`` evenly spaced steps ending at the last one."""
-    return sorted({0, *(round(steps * (i + 1) / n) for i in range(n))})
 
 
 def spec_fingerprint(spec: ZooSpec) -> str:
@@ -82,51 +75,6 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
     except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind
         raise BuildError(f"could not write shard {shard}: {e.strerror or e}; free space and rerun to resume") from None
     return {"population_id": pop.population_id, "models": len(members), "wall_time_s": result.wall_time_s}
-
-
-def _table_bytes(df: pd.DataFrame) -> np.ndarray:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
-    return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8)
-
-
-def shard_table(arrays: dict[str, np.ndarray], name: str) -> pd.DataFrame:
-    """A table (pairs, layers) stored in a shard; empty if the shard has none."""
-    blob = arrays.get(f"table/{name}")
-    if blob is None or not blob.size:
-        return pd.DataFrame()
-    return pq.read_table(pa.BufferReader(blob.tobytes())).to_pandas()
-
-
-def write_shard(path: Path, pop: PopulationPlan, result, measured=None) -> None:
-    meta = {"population_id": pop.population_id, "model_ids": result.model_ids,
-            "checkpoint_steps": result.checkpoint_steps, "status": result.status,
-            "wall_time_s": result.wall_time_s,
-            "layout": [vars(t) for t in result.layout.tensors]}
-    arrays = {"weights": result.weights.astype(np.float32), "diverged_step": result.diverged_step,
-              **{f"metric/{k}": v for k, v in result.metrics.items()}}
-    if measured is not None:
-        meta["metrics_notes"] = measured.notes
-        arrays.update({f"model_metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_model.items()})
-        arrays.update({f"metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_checkpoint.items()})
-        for name in ("pairs", "layers"):
-            table = getattr(measured, name)
-            if len(table):
-                arrays[f"table/{name}"] = _table_bytes(table)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def read_shard(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Load a shard fully (zip CRCs are checked on read); raise BuildError if it is corrupt."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise BuildError(f"corrupt shard {path}: {type(e).__name__}: {e}; rerun with --repair "
-                         "to move it aside and retrain that population") from None
-    return meta, arrays
 
 
 # ---------------------------------------------------------------- the whole build
@@ -175,31 +123,41 @@ def load_spec_task(spec: ZooSpec, data_root: Path | None = None) -> TaskData:
 
 
 def prepare_output(out: Path, spec: ZooSpec) -> None:
-    """Create or reuse ``out``; refuse a non-empty folder that is not this zoo's."""
-    state = out / STATE_DIR / "spec.json"
+    """Create or reuse ``out``; refuse a non-empty folder that is not this zoo's.
+
+    Safe when several builds start on one folder at once: the build state (``.zoo/`` with the
+    spec's fingerprint) is assembled in a temporary folder and appears whole, by one rename that
+    exactly one build wins; the others then find it and compare fingerprints."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"output path {out} is a file; choose a folder with --out")
-    published = out / "zoo.json"
-    if published.is_file():
-        version = json.loads(published.read_text()).get("schema_version", SCHEMA_VERSION)
-        if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise BuildError(f"{out} holds a zoo of schema_version {version}, newer than this zoo package "
-                             f"({SCHEMA_VERSION}); upgrade zoo or choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not state.exists():
-            raise BuildError(f"output folder {out} is not empty and holds no zoo build; "
-                             "choose an empty or new folder with --out")
-        previous = json.loads(state.read_text()).get("fingerprint")
-        if previous != spec_fingerprint(spec):
-            raise BuildError(f"output folder {out} holds a build of a different spec; "
-                             "use another --out, or delete the folder to rebuild")
-        return
+    state = out / STATE_DIR
     try:
-        (out / STATE_DIR / "shards").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(state, json.dumps({"fingerprint": spec_fingerprint(spec),
-                                              "spec": spec.to_dict()}, indent=1).encode())
+        out.mkdir(parents=True, exist_ok=True)
+        if not state.exists():
+            foreign = sorted(p.name for p in out.iterdir()
+                             if p.name != STATE_DIR and not p.name.startswith(NEW_STATE_PREFIX))
+            if foreign:
+                raise BuildError(f"output folder {out} is not empty (it holds {foreign[0]}) and holds no zoo "
+                                 "build; choose an empty or new folder with --out")
+            tmp = Path(tempfile.mkdtemp(prefix=NEW_STATE_PREFIX, dir=out))
+            try:
+                (tmp / "shards").mkdir()
+                atomic_write_bytes(tmp / "spec.json", json.dumps({"fingerprint": spec_fingerprint(spec),
+                                                                  "spec": spec.to_dict()}, indent=1).encode())
+                os.rename(tmp, state)
+            except OSError:
+                if not (state / "spec.json").is_file():  # not a lost race: a real failure
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        previous = json.loads((state / "spec.json").read_text()).get("fingerprint")
     except OSError as e:
-        raise BuildError(f"output folder {out} is not writable ({e.strerror}); choose another --out") from None
+        raise BuildError(os_error_line(e, f"output folder {out} is not usable") + "; or choose another --out") from None
+    except ValueError:
+        raise BuildError(f"{state / 'spec.json'} is damaged; delete {out} to rebuild from scratch") from None
+    if previous != spec_fingerprint(spec):
+        raise BuildError(f"output folder {out} holds a build of a different spec; "
+                         "use another --out, or delete the folder to rebuild")
 
 
 def shard_path(out: Path, pop: PopulationPlan) -> Path:
@@ -342,5 +300,26 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
         done = train(plans)
     pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
     with claims.exclusive("publish"):
-        publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes)
+        if not is_published(out, plans, repair):
+            publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes)
     return out
+
+
+def is_published(out: Path, plans, repair: bool) -> bool:
+    """True if ``out`` already holds an intact zoo of exactly these models: a rerun then changes
+    nothing, so whatever `zoo metrics` or `zoo study` added stays. A damaged zoo is refused, or
+    with ``repair`` republished from the build's shards (which drops results added later)."""
+    from ..datasets.manifest import require_intact
+    from ..datasets.reader import read_table
+
+    if not (out / "zoo.json").exists():
+        return False
+    try:
+        require_intact(out)
+        ids = set(read_table(out, "models.parquet", columns=["model_id"])["model_id"])
+    except DatasetError as e:
+        if not repair:
+            raise BuildError(f"{e}. To republish it from this build's shards, rerun with --repair "
+                             "(results added later by zoo metrics / zoo study are dropped)") from None
+        return False
+    return ids == {p.model_id for p in plans}

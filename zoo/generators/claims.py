@@ -1,16 +1,21 @@
 """Claims on populations, so that several builds can share one output folder.
 
-A claim is a file created with O_EXCL (atomic on local and NFS-like filesystems) holding the
-owner's host and pid. The owner refreshes its claims' mtimes while it works; a claim whose owner
-process is gone (same host) or whose mtime is older than ``ttl`` seconds is stale and may be
-taken over. A build therefore never trains a population that another live build is training.
+A claim is a file that appears whole: the owner's host, pid and time are written to a temporary
+file first, which is then hard-linked to the claim's name (``link`` fails if the name exists, so
+exactly one process wins). The owner refreshes its claims' mtimes while it works; a claim whose
+owner process is gone (same host) or whose mtime is older than ``ttl`` seconds is stale. Taking
+over a stale claim happens under an exclusive lock (``flock`` on ``.takeover``), re-checking
+staleness inside it, so two builds can never both replace the same stale claim. A build
+therefore never trains a population that another live build is training.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -30,33 +35,55 @@ class Claims:
         return self.folder / f"{name}.claim"
 
     def _stale(self, path: Path) -> bool:
+        """Old by the clock, or owned by a dead process on this host; never merely empty or
+        unreadable (our claims are complete from the moment they exist; a foreign one ages out)."""
         try:
-            owner = json.loads(path.read_text())
             age = time.time() - path.stat().st_mtime
+            owner = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False  # released meanwhile: not ours to take over
         except (OSError, ValueError):
-            return True  # vanished or half-written by a dead owner
-        if owner.get("host") == self.owner["host"] and not _alive(owner.get("pid", -1)):
+            owner = {}
+        if isinstance(owner, dict) and owner.get("host") == self.owner["host"] and not _alive(owner.get("pid", -1)):
             return True
         return age > self.ttl
+
+    def _link_new(self, path: Path) -> bool:
+        """Create ``path`` with our owner record in one step; False if it exists."""
+        fd, tmp = tempfile.mkstemp(prefix=".new-", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({**self.owner, "time": time.time()}, f)
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
     def acquire(self, name: str) -> bool:
         """Claim ``name``; False if another live owner holds it."""
         path = self._path(name)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._stale(path):
-                    return False
-                with suppress(FileNotFoundError):  # take over a stale claim, then race for it like everyone else
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.owner, f)
+        won = self._link_new(path) or (not path.exists() and self._link_new(path))  # released meanwhile
+        if not won and self._stale(path):
+            with self._takeover_lock():
+                if self._stale(path):  # still stale with the lock held: nobody else took it
+                    with suppress(FileNotFoundError):
+                        path.unlink()
+                won = self._link_new(path)
+        if won:
             with self._lock:
                 self.held.add(name)
-            return True
-        return False
+        return won
+
+    @contextmanager
+    def _takeover_lock(self):
+        with open(self.folder / ".takeover", "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def release(self, name: str) -> None:
         with self._lock:

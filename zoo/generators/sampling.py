@@ -103,3 +103,8 @@ def group_populations(plans: list[ModelPlan], max_population: int,
 
 def _population(members: list[ModelPlan]) -> PopulationPlan:
     return PopulationPlan("p-" + stable_hash([m.model_id for m in members], 12), members)
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """Step 0 (the initialisation) and ``n`` evenly spaced steps ending at the last one."""
+    return sorted({0, *(round(steps * (i + 1) / n) for i in range(n))})

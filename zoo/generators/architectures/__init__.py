@@ -11,7 +11,6 @@ import math
 
 from torch import nn
 
-from ...spec import NEUTRAL
 from . import cnn, cnn_zoo, mlp, resnet, transformer
 
 FAMILIES = {
@@ -71,9 +70,10 @@ def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, v
     if family not in FAMILIES:
         raise ValueError(f"unknown architecture family {family!r}")
     config_cls, builder, used = FAMILIES[family]
-    config = {**NEUTRAL, **config}  # fields absent from the configs of zoos published before them
+    # a field absent from the configs of zoos published before it takes its config class's
+    # default, which is its neutral value (spec.NEUTRAL)
     kwargs = {**_task_kwargs(family, tuple(input_shape), n_classes, vocab_size),
-              **{k: config[f"arch.{k}"] for k in used}}
+              **{k: config[f"arch.{k}"] for k in used if f"arch.{k}" in config}}
     init = config.get("arch.init", "default")
 
     def build() -> nn.Module:
