@@ -87,6 +87,16 @@ def test_diverged_model_is_frozen_and_does_not_poison_others(mnist1d_small):
     assert np.array_equal(res.weights[:, [0, 2]], alone.weights)
 
 
+@pytest.mark.parametrize("bad_lr", [float("nan"), float("inf")])
+def test_non_finite_lr_freezes_the_model_at_its_initialisation(mnist1d_small, bad_lr):
+    members = [Member("ok", seed=1, lr=0.05), Member("bad", seed=2, lr=bad_lr)]
+    cfg = TrainConfig(steps=10, batch_size=32, checkpoint_steps=[0, 5, 10])
+    res = train_population(mlp(), members, mnist1d_small, cfg)
+    assert res.status == ["ok", "diverged"] and res.diverged_step[1] == 0
+    assert np.isfinite(res.weights).all()
+    assert np.array_equal(res.weights[-1, 1], res.weights[0, 1])  # the last finite state: its init
+
+
 def test_fast_and_vmap_forward_agree():
     torch.manual_seed(0)
     models = [build_model("mlp", in_dim=40, out_dim=10, width=8) for _ in range(3)]

@@ -23,8 +23,6 @@ from ..functional import Layout, TensorSpec
 from .manifest import read_manifest
 
 SPLITS = ("train", "val", "test")
-# task name -> (sample shape, number of classes): what build_for_task needs to rebuild a model
-TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {"mnist1d": ((40,), 10)}
 
 
 
@@ -63,6 +61,7 @@ class _Store:
         self._rows: dict[str, dict[str, int]] = {}
         self._steps: dict[str, list[int]] = {}
         self._tables: dict[str, pd.DataFrame | None] = {}
+        self.cache: dict = {}  # derived records shared by the views (e.g. the task record)
 
     @property
     def h5(self):
@@ -328,12 +327,8 @@ class Zoo:
         from ..functional import load_flat
         from ..generators.architectures import build_for_task
 
-        cfg = self.config(model_id)
-        task = cfg["task.name"]
-        if task not in TASK_SHAPES:
-            raise DatasetError(f"do not know the input shape of task {task!r}; known: {sorted(TASK_SHAPES)}")
-        shape, n_classes = TASK_SHAPES[task]
-        build, _ = build_for_task(cfg, shape, n_classes)
+        task = self.task
+        build, _ = build_for_task(self.config(model_id), task["input_shape"], task["n_outputs"], task["vocab_size"])
         net = build()
         aid = self._store.arch_of[model_id]
         load_flat(net, torch.from_numpy(self._read(aid, [model_id], step)[0]), self.layout_of(aid))
@@ -345,16 +340,27 @@ class Zoo:
 
         aid = arch_id or self._single_arch(self.model_ids)
         mid = self.models.loc[self.models["arch_id"] == aid, "model_id"].iloc[0]
-        cfg = self.config(mid)
-        shape, n_classes = TASK_SHAPES[cfg["task.name"]]
-        return build_for_task(cfg, shape, n_classes)[1]
+        task = self.task
+        return build_for_task(self.config(mid), task["input_shape"], task["n_outputs"], task["vocab_size"])[1]
+
+    @property
+    def task(self) -> dict:
+        """The task record (name, kind, input_shape, n_outputs, vocab_size) of zoo.json; zoos
+        published before it had one derive it from the task's data, once."""
+        if "task" not in self._store.cache:
+            from ..generators.tasks import task_record
+
+            self._store.cache["task"] = self.manifest.get("task") or task_record(self.task_data())
+        return self._store.cache["task"]
 
     def task_data(self):
-        """The training/test data the zoo was trained on (``zoo.generators.tasks.load_task``)."""
-        from ..generators.tasks import load_task
+        """The training/test data the zoo was trained on, with the spec's task options."""
+        from ..generators.tasks import load_task_section
 
-        t = self.manifest["spec"]["task"]
-        return load_task(t["name"], t["n_train"], t["n_test"], t["data_seed"])
+        try:
+            return load_task_section(self.manifest["spec"]["task"])
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"zoo.json's spec has no usable [task] section ({e})") from None
 
 
 def load(root: str | Path) -> Zoo:

@@ -22,7 +22,7 @@ from .reader import SPLITS
 
 REQUIRED = {
     "models.parquet": ["model_id", "cell_id", "population_id", "arch_id", "task", "seed", "split", "status",
-                       "n_params", "train_loss", "train_acc", "test_loss", "test_acc"],
+                       "n_params", "train_loss", "test_loss"],  # accuracies: classification tasks only
     "layout.parquet": ["arch_id", "name", "shape", "start", "end", "layer_idx", "role", "layer_type",
                        "trainable"],
     "checkpoints": ["model_id", "arch_id", "step", "weights"],
@@ -144,7 +144,7 @@ def _hdf5(root: Path, models, sizes: dict, steps_of: dict, ckpt) -> list[str]:
             row = ckpt.to_table(columns=["weights"], filter=(ds.field("model_id") == index[0])
                                 & (ds.field("step") == steps_of[aid][-1]))
             parquet_w = np.asarray(row.column(0)[0].values.to_numpy(zero_copy_only=False), dtype=np.float32)
-            if not np.array_equal(parquet_w, f[f"weights/{aid}"][0]):
+            if not np.array_equal(parquet_w, f[f"weights/{aid}"][0], equal_nan=True):
                 problems.append(f"zoo.h5: final weights of {index[0]} differ from the checkpoint table")
     return problems
 

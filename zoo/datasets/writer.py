@@ -66,7 +66,7 @@ def _activation_after(rows: list[dict], spec: ZooSpec) -> None:
 
 
 def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), device: str = "cpu",
-            precision: str = "fp32", n_classes: int | None = None) -> None:
+            precision: str = "fp32", n_classes: int | None = None, task: dict | None = None) -> None:
     """Write the dataset from the shards (``shards`` maps model_id -> its shard), in plan order.
 
     ``population_id`` is the model's population in this build's grouping of the whole plan, so a
@@ -115,7 +115,7 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
             weights_by_arch.setdefault(aid, []).append((mid, w[:, i]))
 
     models_df = pd.DataFrame(models)
-    extra = {"device": device, "precision": precision}
+    extra = {"device": device, "precision": precision, "task": task}
     if "train_acc" in models_df and n_classes:  # phase labels are defined for classification zoos
         from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
 

@@ -27,7 +27,7 @@ from .adaptive import adaptive_plans
 from .architectures import build_for_task
 from .population import Member, TrainConfig, train_population
 from .sampling import PopulationPlan, arch_key, checkpoint_steps, group_populations, plan_models
-from .tasks import DatasetMissing, TaskData, load_task
+from .tasks import DatasetMissing, TaskData, load_task_section, task_record
 from .tasks.objectives import objective_for
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
@@ -109,15 +109,10 @@ def cell_summary(spec: ZooSpec, plans, shards: dict[str, Path], n_classes: int |
     return {c: (float(g[metric].mean()), str(g["_label"].iloc[0])) for c, g in groups}
 
 
-TASK_OPTIONS = ("modulus", "operation", "input_dim", "beta", "download")
-
-
 def load_spec_task(spec: ZooSpec, data_root: Path | None = None) -> TaskData:
     """The task data of a spec; a dataset that is not available is a user error."""
-    t = spec.task
     try:
-        return load_task(t.name, t.n_train, t.n_test, t.data_seed, data_root,
-                         **{k: getattr(t, k) for k in TASK_OPTIONS})
+        return load_task_section(spec.to_dict()["task"], data_root)
     except (DatasetMissing, ValueError, RuntimeError) as e:
         raise BuildError(str(e)) from None
 
@@ -301,7 +296,8 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
     with claims.exclusive("publish"):
         if not is_published(out, plans, repair):
-            publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes)
+            publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes,
+                    task=task_record(data))
     return out
 
 

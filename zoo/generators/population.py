@@ -266,7 +266,7 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
                 update = (new_buf / (1 - b1**t)) / (new_buf2 / (1 - b2**t)).sqrt_().add_(1e-8)
             # A model whose loss or update is not finite is frozen at its last finite state.
             finite = torch.stack([g[a:b].view(m, -1).sum(1) for a, b in zip(blocks, blocks[1:])]).sum(0).isfinite()
-            ok = alive & loss.isfinite() & finite
+            ok = alive & loss.isfinite() & finite & step_lr.isfinite()  # a NaN/inf lr would poison theta
             scale = torch.where(ok, step_lr, 0.0).unsqueeze(1)  # [M, 1]
             if not bool(ok.all()):  # NaN * 0 is NaN: zero the frozen models' updates first
                 update = torch.nan_to_num(update, nan=0.0, posinf=0.0, neginf=0.0)

@@ -35,4 +35,20 @@ def load_task(name: str, n_train: int, n_test: int, data_seed: int, data_root: P
     raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
 
 
-__all__ = ["TASKS", "DatasetMissing", "TaskData", "default_data_root", "load_task"]
+TASK_OPTIONS = ("modulus", "operation", "input_dim", "beta", "download")  # task-section fields a loader takes
+
+
+def load_task_section(task: dict, data_root: Path | None = None) -> TaskData:
+    """The data of a spec's ``[task]`` section (as a dict: ``spec.to_dict()["task"]``)."""
+    return load_task(task["name"], task["n_train"], task["n_test"], task["data_seed"], data_root,
+                     **{k: task[k] for k in TASK_OPTIONS if k in task})
+
+
+def task_record(data: TaskData) -> dict:
+    """What a reader needs to rebuild any model of the task without loading its data (zoo.json "task")."""
+    return {"name": data.name, "kind": data.kind, "input_shape": list(data.input_shape),
+            "n_outputs": int(data.n_classes), "vocab_size": data.extras.get("vocab_size")}
+
+
+__all__ = ["TASKS", "TASK_OPTIONS", "DatasetMissing", "TaskData", "default_data_root", "load_task",
+           "load_task_section", "task_record"]
