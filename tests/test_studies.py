@@ -1,0 +1,268 @@
+"""Studies over a published zoo: numbers against direct computations, and the `zoo study` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_datasets import SMOKE_SETS, built_zoo
+
+from zoo.datasets import load, verify
+from zoo.errors import SpecError
+from zoo.functional import from_flat
+from zoo.io import sha256_file
+from zoo.studies import STUDIES
+from zoo.studies.prune import magnitude_masks, prunable
+from zoo.studies.runner import annotate, card_with_study, read_metadata
+from zoo.studies.shift import shifted
+
+ZOO = [sys.executable, "-m", "zoo.cli"]
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*ZOO, *args], capture_output=True, text=True, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_root) -> Path:
+    return built_zoo(tmp_path_factory, "smoke", "smoke", SMOKE_SETS)
+
+
+@pytest.fixture
+def zoo_copy(smoke, tmp_path) -> Path:
+    dst = tmp_path / "zoo"
+    shutil.copytree(smoke, dst)
+    return dst
+
+
+def study(name: str, root: Path, *overrides: str) -> pd.DataFrame:
+    """The rows ``zoo study`` publishes (study run + phase/cell annotation), without writing them."""
+    s, zoo = STUDIES[name], load(root)
+    return annotate(zoo, s.run(zoo, s.resolve(list(overrides))))
+
+
+def direct_logits(zoo, model_id: str, x: np.ndarray) -> torch.Tensor:
+    """Logits of one model loaded on its own (``Zoo.model``), in float64."""
+    net = zoo.model(model_id).double()
+    with torch.no_grad():
+        return net(zoo.input_adapter(zoo.models.set_index("model_id").at[model_id, "arch_id"])(
+            torch.as_tensor(x)).double())
+
+
+# ---------------------------------------------------------------- ensemble
+
+def test_ensemble_accuracy_is_the_accuracy_of_averaged_logits_of_loaded_models(smoke):
+    rows = study("ensemble", smoke, "study.groups=2")
+    zoo = load(smoke)
+    x, y = zoo.task_data().x_test, torch.as_tensor(zoo.task_data().y_test)
+    stored = zoo.models.set_index("model_id")["test_acc"]
+    assert set(rows["kind"]) >= {"cell"} and rows["k"].max() == 4  # 4 seeds per cell: k = 2..4
+    checked = rows.groupby(["kind", "k"]).head(1)
+    for r in checked.itertuples():
+        logits = torch.stack([direct_logits(zoo, m, x) for m in r.models])
+        acc = (logits.mean(0).argmax(-1) == y).double().mean().item()
+        assert r.ensemble_acc == pytest.approx(acc, abs=1e-12)
+        assert r.member_mean_acc == pytest.approx(stored[r.models].mean(), abs=1e-6)
+        assert r.gain == pytest.approx(acc - stored[r.models].mean(), abs=1e-6)
+    cell = rows[rows["kind"] == "cell"]
+    assert (cell.groupby(["cell_id", "k"]).size() <= 2).all()
+    # same-cell member CKA computed here on the test set agrees with the published pair CKA rows
+    pairs = cell[cell["k"] == 2]
+    np.testing.assert_allclose(pairs["members_cka"], pairs["pair_cka"], atol=1e-3)
+
+
+def test_ensembles_across_cells_are_split_by_phase_agreement(smoke):
+    rows = study("ensemble", smoke)
+    cross = rows[rows["kind"] != "cell"]
+    models = load(smoke).models.set_index("model_id")
+    assert len(cross)
+    for r in cross.itertuples():
+        phases = set(models.loc[r.models, "cell_phase"])
+        assert len(set(r.cells)) == r.k and models.loc[r.models, "arch_id"].nunique() == 1
+        assert (len(phases) == 1) == (r.kind == "phase-consistent")
+        assert r.cell_phase == (phases.pop() if len(phases) == 1 else "mixed")
+
+
+# ---------------------------------------------------------------- prune
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.98])
+def test_pruning_zeroes_exactly_that_fraction_of_the_smallest_weights(smoke, sparsity):
+    zoo = load(smoke)
+    aid = zoo.arch_ids[0]
+    params, _ = from_flat(torch.from_numpy(zoo.arch(aid).weights()), zoo.layout_of(aid))
+    masks = magnitude_masks(params, sparsity)
+    names = prunable(params)
+    assert names and all(params[n].dim() >= 3 for n in names) and set(masks) == set(names)
+    w = torch.cat([params[n].flatten(1) for n in names], 1)
+    keep = torch.cat([masks[n].flatten(1) for n in names], 1)
+    assert ((1 - keep).sum(1) == round(sparsity * w.shape[1])).all()
+    if sparsity > 0:  # one global threshold per model: every kept |w| >= every pruned |w|
+        pruned_max = torch.where(keep == 0, w.abs(), -1).max(1).values
+        kept_min = torch.where(keep == 1, w.abs(), np.inf).min(1).values
+        assert (kept_min >= pruned_max).all()
+
+
+def test_prune_study_scores_match_direct_computation_and_masks_hold(smoke):
+    rows = study("prune", smoke, "study.sparsities=[0.0,0.8]", "study.finetune_steps=5")
+    zoo = load(smoke)
+    stored = zoo.models.set_index("model_id")["test_acc"]
+    dense = rows[rows["sparsity"] == 0.0].set_index("model_id")
+    np.testing.assert_allclose(dense["pruned_acc"], stored[dense.index], atol=1e-6)
+    np.testing.assert_allclose(dense["dense_acc"], stored[dense.index], atol=1e-6)
+    # a pruned model rebuilt by hand gives the study's accuracy
+    r = rows[rows["sparsity"] == 0.8].iloc[0]
+    net = zoo.model(r.model_id).double()
+    weights = torch.cat([p.detach().flatten() for n, p in net.named_parameters() if p.dim() >= 2])
+    cut = weights.abs().sort(stable=True).values[round(0.8 * len(weights)) - 1]
+    with torch.no_grad():
+        for _, p in net.named_parameters():
+            if p.dim() >= 2:
+                p.mul_((p.abs() > cut).double())
+        x = zoo.input_adapter(zoo.arch_ids[0])(torch.as_tensor(zoo.task_data().x_test)).double()
+        acc = (net(x).argmax(-1) == torch.as_tensor(zoo.task_data().y_test)).double().mean().item()
+    assert r.pruned_acc == pytest.approx(acc, abs=2e-3)  # ties at the cut may differ by a weight or two
+    assert rows["finetuned_acc"].notna().all() and (rows["finetuned_acc"] != rows["pruned_acc"]).any()
+
+
+def test_masked_finetune_keeps_pruned_weights_at_zero(smoke):
+    from zoo.studies.base import own_training_data, populations, task_data, train_stacked
+
+    zoo = load(smoke)
+    data = task_data(zoo)
+    pop = next(populations(zoo, data))
+    masks = magnitude_masks(pop.params, 0.7)
+    pruned = {k: v * masks[k] if k in masks else v for k, v in pop.params.items()}
+    labels, order = own_training_data(pop, torch.as_tensor(data.y_train), data.n_classes, 3, "test")
+    m = len(pop.model_ids)
+    tuned, _ = train_stacked(pop, pruned, pop.buffers, pop.x_train, labels, order, torch.full((m,), 0.05),
+                             torch.full((m,), 0.9), masks)
+    for k in masks:
+        assert (tuned[k][masks[k] == 0] == 0).all()
+        assert not torch.equal(tuned[k], pruned[k])
+
+
+# ---------------------------------------------------------------- shift
+
+def test_shift_at_strength_zero_is_the_published_test_accuracy(smoke):
+    rows = study("shift", smoke, "study.noise=[0.0,1.0]", "study.translate=[0,3]")
+    zoo = load(smoke)
+    stored = zoo.models.set_index("model_id")["test_acc"]
+    clean = rows[rows["strength"] == 0]
+    assert len(clean) == 2 * len(stored)
+    np.testing.assert_allclose(clean["test_acc"], stored[clean["model_id"]], atol=1e-6)
+    noisy = rows[(rows["shift"] == "noise") & (rows["strength"] == 1.0)]
+    assert (noisy["test_acc"].to_numpy() != stored[noisy["model_id"]].to_numpy()).any()
+    # a translated test set scored by the model loaded on its own
+    r = rows[(rows["shift"] == "translate") & (rows["strength"] == 3)].iloc[0]
+    x = zoo.task_data().x_test
+    moved = np.zeros_like(x)
+    moved[:, 3:] = x[:, :-3]
+    acc = (direct_logits(zoo, r.model_id, moved).argmax(-1) == torch.as_tensor(zoo.task_data().y_test))
+    assert r.test_acc == pytest.approx(acc.double().mean().item(), abs=1e-12)
+
+
+def test_shifted_noise_is_seeded_and_scaled():
+    x = torch.zeros(4, 10)
+    a, b = shifted(x, "noise", 2.0, scale=3.0, seed=1), shifted(x, "noise", 2.0, scale=3.0, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, shifted(x, "noise", 2.0, scale=3.0, seed=2))
+    assert 3.0 < a.std().item() < 9.0  # std 6
+    assert torch.equal(shifted(torch.arange(5.0)[None], "translate", -2), torch.tensor([[2.0, 3, 4, 0, 0]]))
+
+
+# ---------------------------------------------------------------- options and the card
+
+def test_options_are_typed_finite_and_in_range():
+    s = STUDIES["prune"]
+    assert s.resolve(["study.sparsities=[0.5, 0]"])["sparsities"] == [0.5, 0.0]  # ints become floats
+    assert s.resolve([])["finetune_steps"] == 50
+    assert s.resolve(["study.lr_scale=2"])["lr_scale"] == 2.0
+    for bad in ["study.sparsities=[1.5]", "study.sparsities=[]", "study.finetune_steps=1.5", "study.lr_scale=inf",
+                "study.lr_scale=nan", "study.finetune_steps=-1", "study.nope=1", "sparsities=[0.5]",
+                "study.threshold=true", "study.sparsities=0.5"]:
+        with pytest.raises(SpecError):
+            s.resolve([bad])
+
+
+def test_card_gets_one_config_and_one_section_per_study():
+    card = "---\nconfigs:\n- config_name: models\n  data_files:\n  - split: train\n    path: models.parquet\n" \
+           "tags:\n- model-zoo\n---\n\n# Zoo\n\n## Files\n\ntext\n"
+    entry = {"options": {"a": 1}, "file": "studies/shift.parquet", "plot": "plots/study-shift.png",
+             "wall_time_s": 1.0, "wall_time_per_model_s": 0.1}
+    once = card_with_study(card, STUDIES["shift"], entry)
+    twice = card_with_study(once, STUDIES["shift"], {**entry, "options": {"a": 2}})
+    assert twice.count("config_name: study-shift") == 1 and twice.count("## Study `shift`") == 1
+    assert "a = 2" in twice and "a = 1" not in twice
+    head = twice.split("---")[1]
+    assert head.index("study-shift") < head.index("tags:") and "## Files" in twice
+    both = card_with_study(twice, STUDIES["ensemble"], {**entry, "file": "studies/ensemble.parquet"})
+    assert both.count("config_name: study-") == 2 and "path: studies/ensemble.parquet" in both
+
+
+# ---------------------------------------------------------------- the command
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_zoo_study_publishes_verifies_and_resumes(zoo_copy):
+    args = ["study", "shift", str(zoo_copy), "--set", "study.noise=[0.0,0.5]", "--set", "study.translate=[0,2]",
+            "--quiet"]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    table, plot = zoo_copy / "studies" / "shift.parquet", zoo_copy / "plots" / "study-shift.png"
+    manifest = json.loads((zoo_copy / "zoo.json").read_text())
+    for path in (table, plot, zoo_copy / "README.md"):
+        assert manifest["files"][path.relative_to(zoo_copy).as_posix()] == sha256_file(path)
+    rows = pd.read_parquet(table)
+    assert len(rows) == 4 * 16 and {"cell_id", "cell_phase", "phase", "config.arch.width",
+                                    "config.train.lr"} <= set(rows)
+    models = load(zoo_copy).models.set_index("model_id")
+    assert (rows["cell_phase"].to_numpy() == models.loc[rows["model_id"], "cell_phase"].to_numpy()).all()
+    meta = read_metadata(table)
+    assert meta["options"]["noise"] == [0.0, 0.5] and meta["wall_time_per_model_s"] > 0
+    assert manifest["studies"]["shift"]["options"] == meta["options"]
+    assert "config_name: study-shift" in (zoo_copy / "README.md").read_text()
+    assert run("verify", str(zoo_copy)).returncode == 0
+
+    before = snapshot(zoo_copy)
+    again = run(*args)
+    assert again.returncode == 0 and "already done" in again.stdout
+    assert snapshot(zoo_copy) == before
+    changed = run(*args[:-1], "--set", "study.seed=1", "--quiet")
+    assert changed.returncode == 0 and "already done" not in changed.stdout
+    assert json.loads((zoo_copy / "zoo.json").read_text())["studies"]["shift"]["options"]["seed"] == 1
+    assert run("verify", str(zoo_copy)).returncode == 0
+
+
+@pytest.mark.parametrize("args", [["shift", "--set", "study.noise=[nan]"], ["shift", "--set", "study.nope=1"],
+                                  ["shift", "--set", "study.translate=[1.5]"], ["nosuchstudy"]])
+def test_bad_study_options_exit_2_with_one_line(zoo_copy, args):
+    before = snapshot(zoo_copy)
+    r = run("study", args[0], str(zoo_copy), *args[1:])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert snapshot(zoo_copy) == before
+
+
+def test_a_corrupted_zoo_is_refused_before_writing(zoo_copy):
+    part = sorted((zoo_copy / "checkpoints").glob("part-*.parquet"))[0]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    before = snapshot(zoo_copy)
+    r = run("study", "ensemble", str(zoo_copy))
+    assert r.returncode == 2 and "sha256" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert snapshot(zoo_copy) == before and not (zoo_copy / "studies").exists()
+
+
+def test_verify_flags_a_study_table_naming_unknown_models(zoo_copy):
+    (zoo_copy / "studies").mkdir()
+    pd.DataFrame({"models": [["m-nope", "m-none"]], "cell_id": ["c"]}).to_parquet(zoo_copy / "studies" / "x.parquet")
+    assert any("studies/x.parquet" in p and "m-none" in p for p in verify(zoo_copy))
