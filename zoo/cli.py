@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,9 +25,9 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(t[:-1] if scale > 1 else t)
     except ValueError:
-        raise SpecError(f"--max-memory {text!r}: expected a size such as 512M or 4G") from None
-    if value <= 0:
-        raise SpecError(f"--max-memory must be positive, got {text!r}")
+        value = math.nan
+    if not math.isfinite(value * scale) or value <= 0:
+        raise SpecError(f"--max-memory: expected a positive size such as 512M or 4G, got {text!r}")
     return int(value * scale)
 
 
@@ -69,7 +70,7 @@ def _cmd_build(args) -> int:
     device = _resolve_device(args.device)
     if args.precision == "bf16" and device != "cuda":
         raise SpecError("--precision bf16 is for CUDA devices; use fp32 on the CPU")
-    max_memory = parse_bytes(args.max_memory) if args.max_memory else None
+    max_memory = parse_bytes(args.max_memory) if args.max_memory is not None else None
     _start_backend(args)
     out = build(spec, Path(args.out), jobs=args.jobs, progress=not args.quiet, repair=args.repair,
                 backend=args.backend, device=device, max_memory=max_memory, precision=args.precision)
@@ -82,7 +83,7 @@ def _cmd_presets(args) -> int:
     from .spec import load_spec, preset_names
 
     if args.calibrate:
-        table = calibrate("cuda" if args.device == "cuda" else "cpu")
+        table = calibrate(_resolve_device(args.device))
         print("calibrated (train GFLOP/s, eval GFLOP/s, ms per step): " + ", ".join(
             f"{k} {c['train_flops_per_s'] / 1e9:.1f}/{c['eval_flops_per_s'] / 1e9:.1f}/{c['step_s'] * 1e3:.2f}"
             for k, c in table.items()))
@@ -119,6 +120,7 @@ def _cmd_info(args) -> int:
     folder = Path(args.dir)
     zoo = load(folder)  # checks the folder, its manifest and its schema version
     manifest, models = zoo.manifest, zoo.models
+    _require_present(folder, manifest, models)
     spec = manifest["spec"]
     print(f"zoo {spec.get('name')!r} in {folder}  (zoo {manifest.get('zoo_version')}, torch "
           f"{manifest.get('torch_version')}, created {manifest.get('created')})")
@@ -134,8 +136,32 @@ def _cmd_info(args) -> int:
             print(f"{column.replace('_', ' ')}: mean {ok[column].mean():.4g}  min {ok[column].min():.4g}  "
                   f"max {ok[column].max():.4g}")
             break
+    from .metrics.coverage import coverage_lines, phase_coverage
+
+    for line in coverage_lines(phase_coverage(models)):
+        print(line)
     print(f"files: {len(manifest['files'])}")
     return 0
+
+
+def _require_present(folder: Path, manifest: dict, models) -> None:
+    """The cheap half of `zoo verify`: every file zoo.json lists exists, the HDF5 mirror opens and the
+    tables hold the columns info reads (hashes are checked by verify and by every writing command)."""
+    from .errors import DatasetError
+
+    missing = sorted(rel for rel in manifest["files"] if not (folder / rel).is_file())
+    if missing:
+        raise DatasetError(f"{folder / missing[0]} is listed in zoo.json but missing; run `zoo verify {folder}`")
+    if (folder / "zoo.h5").is_file():
+        import h5py
+
+        try:
+            h5py.File(folder / "zoo.h5", "r").close()
+        except OSError as e:
+            raise DatasetError(f"{folder / 'zoo.h5'} is unreadable ({e}); run `zoo verify {folder}`") from None
+    missing = [c for c in ("status", "split", "arch_id", "n_params", "population_id") if c not in models]
+    if missing:
+        raise DatasetError(f"{folder / 'models.parquet'}: no column {missing[0]!r}; run `zoo verify {folder}`")
 
 
 def _cmd_verify(args) -> int:
@@ -153,6 +179,11 @@ def _cmd_export(args) -> int:
 def _cmd_metrics(args) -> int:
     from .datasets.update import cmd_metrics
 
+    for item in args.set:
+        if not item.strip().startswith("metrics."):
+            raise SpecError(f"--set {item.partition('=')[0].strip()}: expected a metrics.* field "
+                            "(zoo metrics measures trained models again; other fields need zoo build)")
+
     return cmd_metrics(args)
 
 
@@ -160,6 +191,12 @@ def _cmd_plot(args) -> int:
     from .plots import cmd_plot
 
     return cmd_plot(args)
+
+
+def _cmd_study(args) -> int:
+    from .studies.runner import cmd_study
+
+    return cmd_study(args)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -212,6 +249,14 @@ def make_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw phase diagrams of a published zoo into DIR/plots/")
     pl.add_argument("dir")
     pl.set_defaults(func=_cmd_plot)
+    st = sub.add_parser("study", help="run a downstream study (ensemble, merge, prune, finetune, shift) on a "
+                                      "published zoo; writes DIR/studies/NAME.parquet and DIR/plots/study-NAME.png")
+    st.add_argument("name", help="study name: ensemble, merge, prune, finetune or shift")
+    st.add_argument("dir")
+    st.add_argument("--set", action="append", default=[], metavar="study.KEY=VALUE",
+                    help="override a study option, e.g. --set study.sparsities=[0.5,0.9] (repeatable)")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(func=_cmd_study)
     return p
 
 

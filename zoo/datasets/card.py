@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..metrics.coverage import coverage_lines, phase_coverage
 from ..spec import ZooSpec
 
 COLUMNS = {
@@ -63,8 +64,9 @@ PAIRS = [
 ]
 
 
-def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict],
-                 tables: tuple[str, ...] = ()) -> str:
+def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = (),
+                 studies: tuple[str, ...] = ()) -> str:
+    """README.md of a zoo: the Hugging Face header (a config per table and per study), schema, coverage."""
     from .. import __version__
 
     axes = ", ".join(f"{a.name} = {a.key} in {a.values}" for a in spec.phase.axes) or "none"
@@ -87,6 +89,8 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict],
         "    path: layout.parquet",
         *[line for name in tables for line in (f"- config_name: {name}", "  data_files:", "  - split: train",
                                                f"    path: {name}.parquet")],
+        *[line for name in studies for line in (f"- config_name: study-{name}", "  data_files:",
+                                                 "  - split: train", f"    path: studies/{name}.parquet")],
         "tags:",
         "- weight-space-learning",
         "- model-zoo",
@@ -114,6 +118,14 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, layout_rows: list[dict],
         "",
         "Flat weight order is the PyTorch `state_dict` order (floating-point entries only; "
         "BatchNorm's integer `num_batches_tracked` is left out), each tensor C-order.",
+        "",
+        "## Phase coverage",
+        "",
+        "Cells per phase label (`cell_phase`, Yang et al. 2021; rules in zoo.json's `phase_thresholds`):",
+        "",
+        "```",
+        *coverage_lines(phase_coverage(models)),
+        "```",
         "",
         "## Columns of models.parquet",
         "",

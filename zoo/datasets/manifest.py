@@ -38,8 +38,8 @@ def read_manifest(root: str | Path) -> dict:
     if type(version) is not int or version < 1:
         raise DatasetError(f"{path}: schema_version must be a positive integer, got {version!r}")
     if version > SCHEMA_VERSION:
-        raise DatasetError(f"{root} has schema_version {version}; this zoo package reads up to "
-                           f"{SCHEMA_VERSION}: upgrade zoo")
+        raise DatasetError(f"{root} has schema_version {version}, newer than this zoo package reads "
+                           f"({SCHEMA_VERSION}): upgrade zoo")
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise DatasetError(f"{path}: 'files' must map file names to sha256 strings")

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ..io import atomic_write_bytes
 from ..spec import MetricsSpec, apply_overrides, spec_from_dict
+from .card import dataset_card
 from .manifest import record, require_intact
 from .reader import load
 from .writer import _write_parquet, write_table
@@ -95,11 +97,13 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     models = models.drop(columns=stale).join(new_cols, on="model_id")
     extra = {"spec": spec.to_dict()}  # the spec as measured: metrics overrides included
     if "train_acc" in models and data.kind == "classification":
+        from ..metrics.coverage import phase_coverage
         from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
 
         thresholds = PhaseThresholds(**spec.metrics.thresholds)
         models = models.join(assign_phases(models, thresholds, n_classes=data.n_classes))
         extra["phase_thresholds"] = resolve_thresholds(models, thresholds, data.n_classes)
+        extra["phase_coverage"] = phase_coverage(models)
 
     pairs = pd.concat([t for t in pair_tables if len(t)], ignore_index=True) if any(
         len(t) for t in pair_tables) else pd.DataFrame()
@@ -110,13 +114,17 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
         write_table(root, name, _merge(zoo._store.table(name), new, keys))
         (written if (root / f"{name}.parquet").is_file() else removed).append(f"{name}.parquet")
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
-    if "phase" in models:
+    present = tuple(n for n in ("pairs", "layers") if (root / f"{n}.parquet").is_file())
+    studies = tuple(sorted(p.stem for p in (root / "studies").glob("*.parquet")))
+    atomic_write_bytes(root / "README.md", dataset_card(spec, models, present, studies).encode())
+    written.append("README.md")
+    if len(models):
         import contextlib
 
         from ..plots import phase_diagrams
 
-        with contextlib.suppress(ValueError):  # fewer than two varying axes
-            written += phase_diagrams(models, root / "plots")
+        with contextlib.suppress(ValueError):  # no varying axis: nothing to draw
+            written += phase_diagrams(models, root / "plots", thresholds=extra.get("phase_thresholds"))
     record(root, manifest, written, removed, extra,
            event={"command": "metrics", "family": family, "set": list(overrides)})
     return {"models": len(models), "pairs": len(pairs), "layers": len(layers)}

@@ -23,6 +23,7 @@ from .reader import SPLITS
 REQUIRED = {
     "models.parquet": ["model_id", "cell_id", "population_id", "arch_id", "task", "seed", "split", "status",
                        "n_params", "train_loss", "test_loss"],  # accuracies: classification tasks only
+    "models.parquet (classification)": ["train_acc", "test_acc"],
     "layout.parquet": ["arch_id", "name", "shape", "start", "end", "layer_idx", "role", "layer_type",
                        "trainable"],
     "checkpoints": ["model_id", "arch_id", "step", "weights"],
@@ -36,7 +37,17 @@ def _columns(name: str, names: list[str]) -> list[str]:
     return [f"{name}: missing required columns {missing}"] if missing else []
 
 
-def _tables(root: Path) -> list[str]:
+def _classification(manifest: dict) -> bool:
+    """Whether the zoo's task has accuracies (the task record, or the spec for older zoos)."""
+    from ..spec import CLASSIFICATION_TASKS
+
+    task = manifest.get("task") or {}
+    if "kind" in task:
+        return task["kind"] == "classification"
+    return manifest["spec"].get("task", {}).get("name", "mnist1d") in CLASSIFICATION_TASKS
+
+
+def _tables(root: Path, manifest: dict) -> list[str]:
     import pandas as pd
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -45,7 +56,13 @@ def _tables(root: Path) -> list[str]:
     for name in ("models.parquet", "layout.parquet"):
         if not (root / name).is_file():
             return [f"{name} is missing"]
-        problems += _columns(name, pq.read_schema(root / name).names)
+        try:
+            names = pq.read_schema(root / name).names
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one problem line
+            return [f"{name} is unreadable ({type(e).__name__}: {e})"]
+        problems += _columns(name, names)
+    if _classification(manifest):
+        problems += _columns("models.parquet (classification)", pq.read_schema(root / "models.parquet").names)
     parts = sorted((root / "checkpoints").glob("part-*.parquet"))
     if not parts:
         problems.append("checkpoints/part-*.parquet: no checkpoint files")
@@ -108,7 +125,25 @@ def _tables(root: Path) -> list[str]:
                 stray = set(t[c]) - set(arch_of)
                 if stray:
                     problems.append(f"{name}: {c} {sorted(stray)[0]} is not in models.parquet")
+    for path in sorted((root / "studies").glob("*.parquet")):
+        problems += _study(root, path, set(arch_of))
     return problems
+
+
+def _study(root: Path, path: Path, known: set[str]) -> list[str]:
+    """A study table (zoo study) must read and name only models of models.parquet."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    name = path.relative_to(root).as_posix()
+    try:
+        cols = [c for c in ("model_id", "model_a", "model_b", "models") if c in pq.read_schema(path).names]
+        t = pd.read_parquet(path, columns=cols)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one problem line
+        return [f"{name} is unreadable ({type(e).__name__}); rerun zoo study"]
+    ids = {m for c in cols for v in t[c].dropna() for m in ([v] if isinstance(v, str) else list(v))}
+    stray = sorted(ids - known)
+    return [f"{name}: model {stray[0]} is not in models.parquet"] if stray else []
 
 
 def _hdf5(root: Path, models, sizes: dict, steps_of: dict, ckpt) -> list[str]:
@@ -158,7 +193,7 @@ def verify(root: str | Path) -> list[str]:
         return [str(e)]
     problems = hash_problems(root, manifest["files"])
     try:
-        problems += _tables(root)
+        problems += _tables(root, manifest)
     except Exception as e:  # a corrupt Parquet/HDF5 file surfaces here as a problem, not a traceback
         problems.append(f"cannot read the tables: {type(e).__name__}: {e}")
     return problems

@@ -117,11 +117,13 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     models_df = pd.DataFrame(models)
     extra = {"device": device, "precision": precision, "task": task}
     if "train_acc" in models_df and n_classes:  # phase labels are defined for classification zoos
+        from ..metrics.coverage import phase_coverage
         from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
 
         thresholds = PhaseThresholds(**spec.metrics.thresholds)
         models_df = models_df.join(assign_phases(models_df, thresholds, n_classes=n_classes))
         extra["phase_thresholds"] = resolve_thresholds(models_df, thresholds, n_classes)
+        extra["phase_coverage"] = phase_coverage(models_df)
     _write_parquet(out / "models.parquet", pa.Table.from_pandas(models_df, preserve_index=False))
     ids = set(models_df["model_id"])
     for name, parts in tables.items():
@@ -140,13 +142,13 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
         written.append("zoo.h5")
     present = tuple(n for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file())
-    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, layout_rows, present).encode())
+    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, present).encode())
     written.append("README.md")
-    if "phase" in models_df:
+    if len(models_df):
         from ..plots import phase_diagrams
 
-        with contextlib.suppress(ValueError):  # fewer than two varying axes: no phase plane to draw
-            written += phase_diagrams(models_df, out / "plots")
+        with contextlib.suppress(ValueError):  # no varying axis: nothing to draw
+            written += phase_diagrams(models_df, out / "plots", thresholds=extra.get("phase_thresholds"))
     write_manifest(out, spec.to_dict(), written, extra)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ import torch
 from ..errors import BuildError, DatasetError, os_error_line
 from ..io import atomic_write_bytes
 from ..metrics.measure import measure_population
+from ..progress import ProgressBar, Reporter
 from ..shards import read_shard, write_shard
 from ..spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
 from .adaptive import adaptive_plans
@@ -47,8 +49,11 @@ def spec_fingerprint(spec: ZooSpec) -> str:
 # ---------------------------------------------------------------- one population
 
 def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: int | None,
-                   device: str = "cpu", precision: str = "fp32", metrics: MetricsSpec | None = None) -> dict:
-    """Train one population, measure it, and write its shard atomically. Runs inside a worker."""
+                   device: str = "cpu", precision: str = "fp32", metrics: MetricsSpec | None = None,
+                   progress: Path | None = None) -> dict:
+    """Train one population, measure it, and write its shard atomically. Runs inside a worker;
+    reports its stage and steps to the file ``progress`` (see zoo.progress)."""
+    report = Reporter(progress, len(pop.members)) if progress else None
     if threads:
         torch.set_num_threads(threads)
     cfg = pop.members[0].config
@@ -62,10 +67,13 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
     train_cfg = TrainConfig(steps=cfg["train.steps"], batch_size=cfg["train.batch_size"],
                             checkpoint_steps=checkpoint_steps(cfg["train.steps"], cfg["train.checkpoints"]),
                             optimizer=cfg["train.optimizer"], schedule=cfg["train.schedule"],
-                            device=device, precision=precision)
+                            device=device, precision=precision,
+                            on_step=report and (lambda k: report.report("train", k, cfg["train.steps"])))
     result = train_population(build, members, data, train_cfg)
     measured = None
     if metrics is not None:
+        if report:
+            report.report("measure", 0, 1, force=True)
         measured = measure_population(build(), objective_for(data), data, result.weights, result.checkpoint_steps,
                                       result.layout, result.model_ids, [p.cell_id for p in pop.members],
                                       result.status, metrics, lr=[m.lr for m in members],
@@ -74,6 +82,9 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
         write_shard(shard, pop, result, measured)
     except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind
         raise BuildError(f"could not write shard {shard}: {e.strerror or e}; free space and rerun to resume") from None
+    finally:
+        if report:
+            report.close()
     return {"population_id": pop.population_id, "models": len(members), "wall_time_s": result.wall_time_s}
 
 
@@ -237,7 +248,6 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     claimed by another live build on the same folder are left to it and waited for.
     """
     from joblib import Parallel, delayed, parallel_config
-    from tqdm.auto import tqdm
 
     from ..datasets.writer import publish
     from .claims import Claims
@@ -253,8 +263,11 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
         """Train and measure every plan not yet in a shard; returns model_id -> shard."""
         pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
         done = scan_shards(out, repair)
-        bar = tqdm(total=len(plans), initial=sum(p.model_id in done for p in plans), unit="model",
-                   desc=f"zoo {spec.name}", disable=not progress, dynamic_ncols=True)
+        with ProgressBar(out / STATE_DIR / "progress", len(plans), sum(p.model_id in done for p in plans),
+                         f"zoo {spec.name}", enabled=progress) as bar:
+            return run_pending(pops, done, bar)
+
+    def run_pending(pops, done, bar) -> dict[str, Path]:
         failures: dict[str, int] = {}
         while todo := pending_populations(pops, done):
             mine = [p for p in todo if claims.acquire(p.population_id)]
@@ -265,12 +278,13 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
             workers = max(1, min(jobs, len(mine)))
             threads = max(1, (os.cpu_count() or 1) // workers) if backend == "loky" else None
             tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision,
-                                             metrics=spec.metrics) for p in mine)
+                                             metrics=spec.metrics, progress=bar.folder / f"{p.population_id}.json")
+                     for p in mine)
             try:
                 with parallel_config(backend=backend, n_jobs=workers):
                     for info in Parallel(return_as="generator_unordered")(tasks):
                         claims.release(info["population_id"])
-                        bar.update(info["models"])
+                        bar.finish(info["models"])
             except BuildError:
                 raise
             except Exception as e:  # a worker died (SIGKILL, OOM): retry what is still missing
@@ -283,7 +297,6 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 for p in mine:
                     claims.release(p.population_id)
             done = scan_shards(out, repair)
-        bar.close()
         return done
 
     n_classes = data.n_classes if data.kind == "classification" else None
@@ -294,8 +307,12 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
             plans = plan_models(spec)
         done = train(plans)
     pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
+    say = (lambda text: print(f"zoo {spec.name}: {text}", file=sys.stderr)) if progress else (lambda text: None)
     with claims.exclusive("publish"):
-        if not is_published(out, plans, repair):
+        if is_published(out, plans, repair):
+            say(f"{out} already holds this zoo, intact; nothing to publish (results added later are kept)")
+        else:
+            say(f"publishing {len(plans)} models to {out}")
             publish(out, spec, plans, done, pops, device=device, precision=precision, n_classes=n_classes,
                     task=task_record(data))
     return out

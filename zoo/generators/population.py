@@ -63,6 +63,7 @@ class TrainConfig:
     dtype: torch.dtype = torch.float32  # float64 for numerical-agreement checks
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": forward and backward under bf16 autocast (CUDA), fp32 weights
+    on_step: Callable[[int], None] | None = None  # called after each step with the steps done (progress)
 
 
 @dataclass
@@ -283,6 +284,8 @@ def train_population(build: Callable[[], nn.Module], members: list[Member], data
             alive = ok
         if step + 1 in checkpoints:
             checkpoint()
+        if cfg.on_step is not None:
+            cfg.on_step(step + 1)
 
     return PopulationResult(
         model_ids=[mb.model_id for mb in members],
