@@ -10,6 +10,8 @@ Alignments:
 - ``none``: the raw pair (identity permutations).
 - ``weight``: weight matching (Ainsworth et al. 2023, Alg. 1).
 - ``activation``: activation matching on the probe batch.
+- ``ste`` (opt-in, not in ``ALIGNMENTS``): permutations learnt by the straight-through estimator on the
+  midpoint's training loss (``ste.ste_matching``, Ainsworth et al. 2023 Alg. 3).
 - ``weight+repair``: weight matching, then REPAIR (Jordan et al. 2023): at every interpolated point
   each hidden unit's pre-activation is rescaled so its mean and std on the probe batch equal
   (1 - t) stat_A + t stat_B. The per-unit affine correction is folded into the producing
@@ -54,10 +56,12 @@ from .paths import (
     interpolate,
     interpolation_points,
 )
+from .ste import ste_matching
 
 Tensor = torch.Tensor
 
 ALIGNMENTS = ("none", "weight", "activation", "weight+repair")
+OPT_IN = ("ste", "ste+repair")  # straight-through permutation search (metrics/ste.py): trains, so never a default
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _STATELESS = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
               nn.Flatten, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
@@ -187,9 +191,9 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
     without ``+repair``, ``svd_align.*`` and (``layerwise``) ``layer_barrier.<layer>.train.loss``.
     permutations: {"<alignment>/<perm name>": int array [K, n]} mapping B onto A (``apply_permutation``).
     """
-    unknown = set(alignments) - set(ALIGNMENTS)
+    unknown = set(alignments) - set(ALIGNMENTS + OPT_IN)
     if unknown:
-        raise ValueError(f"lmc_pairs: unknown alignments {sorted(unknown)}; choose from {list(ALIGNMENTS)}")
+        raise ValueError(f"lmc_pairs: unknown alignments {sorted(unknown)}; choose from {list(ALIGNMENTS + OPT_IN)}")
     pairs = torch.as_tensor(np.asarray(pairs), dtype=torch.long).reshape(-1, 2)
     spec = permutation_spec(model)
     ts = interpolation_points(n_points)
@@ -206,6 +210,9 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
                 matched[base] = identity_perms(spec, k)
             elif base == "weight":
                 matched[base] = weight_matching(spec, params, pairs, seed=seed)["perms"]
+            elif base == "ste":
+                matched[base] = ste_matching(model, objective, spec, params, buffers, pairs, *splits["train"],
+                                             seed=seed)["perms"]
             else:
                 was = model.training
                 model.eval()
