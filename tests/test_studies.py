@@ -266,3 +266,125 @@ def test_verify_flags_a_study_table_naming_unknown_models(zoo_copy):
     (zoo_copy / "studies").mkdir()
     pd.DataFrame({"models": [["m-nope", "m-none"]], "cell_id": ["c"]}).to_parquet(zoo_copy / "studies" / "x.parquet")
     assert any("studies/x.parquet" in p and "m-none" in p for p in verify(zoo_copy))
+
+
+# ---------------------------------------------------------------- merge
+
+@pytest.fixture(scope="module")
+def merged_rows(smoke) -> pd.DataFrame:
+    return study("merge", smoke, "study.ks=[2,3]", "study.groups=2", "study.ste_steps=15")
+
+
+def test_naive_merge_is_the_average_of_the_loaded_models(smoke, merged_rows):
+    zoo = load(smoke)
+    x, y = zoo.task_data().x_test, torch.as_tensor(zoo.task_data().y_test)
+    for k in (2, 3):
+        r = merged_rows[(merged_rows["method"] == "naive") & (merged_rows["fix"] == "none")
+                        & (merged_rows["k"] == k)].iloc[0]
+        nets = [zoo.model(m).double() for m in r.models]
+        avg = nets[0]
+        avg.load_state_dict({n: sum(net.state_dict()[n] for net in nets) / k for n in avg.state_dict()})
+        with torch.no_grad():
+            logits = avg(zoo.input_adapter(zoo.arch_ids[0])(torch.as_tensor(x)).double())
+        assert r.merged_acc == pytest.approx((logits.argmax(-1) == y).double().mean().item(), abs=1e-12)
+        stored = zoo.models.set_index("model_id").loc[r.models]
+        assert r.member_mean_loss == pytest.approx(stored["test_loss"].mean(), abs=1e-6)
+        assert r["barrier_mid.test.loss"] == pytest.approx(r.merged_loss - stored["test_loss"].mean(), abs=1e-6)
+
+
+def test_weight_matched_pair_merge_is_the_published_aligned_midpoint(smoke, merged_rows):
+    pairs = load(smoke).pairs
+    aligned = pairs[pairs["alignment"] == "weight"]
+    rows = merged_rows[(merged_rows["method"] == "weight") & (merged_rows["fix"] == "none") & (merged_rows["k"] == 2)]
+    checked = 0
+    for r in aligned.itertuples():
+        match = rows[rows["models"].map(lambda m, r=r: m == [r.model_a, r.model_b])]
+        if len(match):
+            curve = np.asarray(pairs.loc[r.Index, "curve.test.loss"])
+            assert match["merged_loss"].iloc[0] == pytest.approx(curve[len(curve) // 2], abs=1e-6)
+            checked += 1
+    assert checked
+
+
+def test_ste_merge_of_two_is_not_worse_than_weight_matching_on_training_loss(merged_rows):
+    plain = merged_rows[(merged_rows["fix"] == "none") & (merged_rows["k"] == 2)]
+    by = plain.pivot_table(index=plain["models"].map(tuple), columns="method", values="merged_train_loss")
+    assert (by["ste"] <= by["weight"] + 1e-9).all()  # its first step is weight matching; it keeps the best
+    assert set(merged_rows["fix"]) == {"none", "repair"} and set(merged_rows["k"]) == {2, 3}
+
+
+def test_k_way_repair_of_two_is_lmc_repair_at_the_midpoint(smoke):
+    from zoo.metrics.lmc import repair
+    from zoo.metrics.paths import interpolate
+    from zoo.studies.base import populations, task_data
+    from zoo.studies.merge import repair_merged
+
+    zoo = load(smoke)
+    pop = next(populations(zoo, task_data(zoo)))
+    a = {n: v[[0, 2]] for n, v in pop.params.items()}
+    b = {n: v[[1, 3]] for n, v in pop.params.items()}
+    half = torch.tensor([0.5], dtype=torch.float64)
+    mid = interpolate(a, b, half)
+    ours = repair_merged(pop.model, [a, b], mid, pop.x_train[:256])
+    ref = repair(pop.model, a, b, mid, half, pop.x_train[:256])
+    for n in ref:
+        torch.testing.assert_close(ours[n], ref[n], rtol=1e-10, atol=1e-12)
+    assert any(not torch.equal(ours[n], mid[n]) for n in mid)
+
+
+def test_merge_many_recovers_planted_permutations_of_three_copies(smoke):
+    from zoo.metrics.matching import apply_permutation_stacked, permutation_spec, random_perms
+    from zoo.studies.base import populations, task_data
+    from zoo.studies.merge import merge_many
+
+    zoo = load(smoke)
+    pop = next(populations(zoo, task_data(zoo)))
+    spec = permutation_spec(pop.model)
+    one = {n: v[:1] for n, v in pop.params.items()}
+    copies = apply_permutation_stacked(spec, random_perms(spec, 2, seed=3), {n: v.expand(2, *v.shape[1:])
+                                                                              for n, v in one.items()})
+    params = {n: torch.cat([one[n], copies[n]]) for n in one}
+    perms = merge_many(spec, params, torch.tensor([[0, 1, 2]]))
+    for j in (1, 2):
+        back = apply_permutation_stacked(spec, {p: v[:, j] for p, v in perms.items()},
+                                         {n: v[j:j + 1] for n, v in params.items()})
+        for n in one:
+            torch.testing.assert_close(back[n], one[n], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- finetune
+
+def test_relabelling_moves_every_class():
+    from zoo.studies.finetune import relabelling
+
+    for seed in range(5):
+        perm = relabelling(10, seed)
+        assert sorted(perm.tolist()) == list(range(10)) and (perm != torch.arange(10)).all()
+
+
+def test_finetune_and_scratch_equal_a_per_model_sgd_loop(smoke):
+    from zoo.studies.base import batch_order, study_seed
+    from zoo.studies.finetune import relabelling
+
+    steps = 6
+    rows = study("finetune", smoke, f"study.steps={steps}", "study.target=relabel").set_index("model_id")
+    zoo = load(smoke)
+    data = zoo.task_data()
+    perm = relabelling(10, study_seed("finetune", "relabel", 0))
+    mid = zoo.model_ids[0]
+    adapt = zoo.input_adapter(zoo.models.set_index("model_id").at[mid, "arch_id"])
+    x, y = adapt(torch.as_tensor(data.x_train)).double(), perm[torch.as_tensor(data.y_train)]
+    xt, yt = adapt(torch.as_tensor(data.x_test)).double(), perm[torch.as_tensor(data.y_test)]
+    cfg = zoo.config(mid)
+    order = batch_order(len(x), steps, cfg["train.batch_size"], study_seed(mid, "finetune", 0))
+    for start, column in ((None, "finetuned_acc"), (0, "scratch_acc")):
+        net = zoo.model(mid, step=start).double()
+        opt = torch.optim.SGD(net.parameters(), lr=cfg["train.lr"], momentum=cfg["train.momentum"])
+        for idx in order:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (net(xt).argmax(-1) == yt).double().mean().item()
+        assert rows.at[mid, column] == pytest.approx(acc, abs=1e-12)
+    assert rows.at[mid, "gain"] == rows.at[mid, "finetuned_acc"] - rows.at[mid, "scratch_acc"]

@@ -8,12 +8,14 @@ with phase and cell columns, ``plots/study-NAME.png``, a dataset-card entry, zoo
 
 from __future__ import annotations
 
-from . import ensemble, prune, shift
+from . import ensemble, finetune, merge, prune, shift
 from .base import Option, Study
 
 STUDIES: dict[str, Study] = {
     "ensemble": ensemble.STUDY,
+    "merge": merge.STUDY,
     "prune": prune.STUDY,
+    "finetune": finetune.STUDY,
     "shift": shift.STUDY,
 }
 

@@ -261,11 +261,11 @@ def own_training_data(pop: Population, y: Tensor, n_classes: int, steps: int, sa
         own, subset, _ = member_data(member, y, n_classes, 1, batch)
         pool = subset.nonzero()[:, 0]
         labels.append(own)
-        orders.append(pool[_batches(len(pool), steps, batch, study_seed(mid, salt))])
+        orders.append(pool[batch_order(len(pool), steps, batch, study_seed(mid, salt))])
     return torch.stack(labels), torch.stack(orders)
 
 
-def _batches(n: int, steps: int, batch: int, seed: int) -> Tensor:
+def batch_order(n: int, steps: int, batch: int, seed: int) -> Tensor:
     """Batch indices [steps, batch] walking seeded epoch permutations of n samples."""
     g = torch.Generator().manual_seed(seed % (2**63 - 1))
     epochs = math.ceil(steps * batch / n)
@@ -305,4 +305,4 @@ def by_phase(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {str(k): g for k, g in rows.groupby(rows[label].fillna("unknown").astype(str), sort=True)}
 
 __all__ = ["Option", "Population", "Study", "axes_grid", "by_phase", "pick", "populations", "save_figure", "study_seed",
-           "own_training_data", "task_data", "train_stacked"]
+           "batch_order", "own_training_data", "task_data", "train_stacked"]
