@@ -268,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ZooError as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
+        print(f"zoo: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
     except OSError as e:  # disk full, permission denied, read-only file system: one line
-        print(f"zoo: error: {os_error_line(e, f'zoo {args.command}')}", file=sys.stderr)
+        print(f"zoo: error: {' '.join(os_error_line(e, f'zoo {args.command}').split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -24,15 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .generators.architectures import build_for_task
 from .generators.sampling import plan_models
-from .generators.tasks import default_data_root
+from .generators.tasks import default_data_root, task_shape
 
-# Sample shape, outputs and vocabulary of each task, known without loading it.
-TASK_SHAPES = {
-    "mnist1d": ((40,), 10, None), "digits": ((1, 8, 8), 10, None), "teacher_student": (None, 1, None),
-    "convection": ((2,), 1, None), "mnist": ((1, 28, 28), 10, None), "fashion_mnist": ((1, 28, 28), 10, None),
-    "cifar10": ((3, 32, 32), 10, None), "cifar100": ((3, 32, 32), 100, None), "svhn": ((3, 32, 32), 10, None),
-    "tinyimagenet": ((3, 64, 64), 200, None),
-}
 CALIBRATION_FAMILIES = {  # family: (task, arch fields) of a representative small model
     "mlp": ("mnist1d", {"width": 64, "depth": 2, "activation": "relu"}),
     "pinn": ("convection", {"width": 32, "depth": 3, "activation": "tanh"}),
@@ -44,15 +37,6 @@ CALIBRATION_FAMILIES = {  # family: (task, arch fields) of a representative smal
     "vit": ("digits", {"width": 32, "depth": 2, "heads": 2, "patch_size": 4}),
     "gpt": ("modular", {"width": 64, "depth": 1, "heads": 4}),
 }
-
-
-def task_shape(task: dict) -> tuple[tuple[int, ...], int, int | None]:
-    name = task["task.name"]
-    if name == "modular":
-        return (3,), task["task.modulus"], task["task.modulus"] + 1
-    if name == "teacher_student":
-        return (task["task.input_dim"],), 1, None
-    return TASK_SHAPES[name]
 
 
 def _example_input(shape, vocab):

@@ -26,5 +26,5 @@ def os_error_line(e: OSError, what: str) -> str:
     hint = {errno.ENOSPC: "free disk space and rerun", errno.EDQUOT: "free disk quota and rerun",
             errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
             errno.EROFS: "the file system is read-only; choose a writable folder"}.get(e.errno, "")
-    name = f" {e.filename}" if e.filename else ""
-    return f"{what}:{name}: {e.strerror or e}" + (f"; {hint}" if hint else "")
+    name = f" {e.filename}:" if e.filename else ""
+    return f"{what}:{name} {e.strerror or e}" + (f"; {hint}" if hint else "")

@@ -46,6 +46,8 @@ def export(root: str | Path, fmt: str, out: str | Path, memory_budget: int = 256
     root, out = Path(root), Path(out)
     if fmt not in FORMATS:
         raise DatasetError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if out.resolve().is_relative_to(root.resolve()):  # the zoo folder holds only what zoo.json lists
+        raise DatasetError(f"--out {out}: expected a path outside the zoo folder {root}")
     require_intact(root)  # a damaged zoo is not copied into a new, valid-looking one
     zoo = load(root)
     if fmt == "parquet":
@@ -69,6 +71,7 @@ def export(root: str | Path, fmt: str, out: str | Path, memory_budget: int = 256
         else:
             _write_hdf5(zoo, target, memory_budget)
         return target
+    _ = zoo._store.h5  # open the HDF5 mirror now: a damaged one fails before anything is written
     out = _out_folder(out, root)
     for aid in zoo.arch_ids:
         view = zoo.arch(aid)

@@ -69,22 +69,30 @@ class _Store:
         if (self._h5 is None or self._pid != os.getpid()) and (self.root / "zoo.h5").exists():
             import h5py
 
-            self._h5, self._pid = h5py.File(self.root / "zoo.h5", "r"), os.getpid()
+            try:
+                self._h5, self._pid = h5py.File(self.root / "zoo.h5", "r"), os.getpid()
+            except OSError as e:
+                raise DatasetError(f"{self.root / 'zoo.h5'} is unreadable ({e}); "
+                                   f"run `zoo verify {self.root}`") from None
         return self._h5
 
     def table(self, name: str) -> pd.DataFrame | None:
         if name not in self._tables:
             path = self.root / f"{name}.parquet"
-            self._tables[name] = pd.read_parquet(path) if path.exists() else None
+            self._tables[name] = read_table(self.root, path.name) if path.exists() else None
         return self._tables[name]
 
     def part_of(self, arch_id: str) -> list[Path]:
         """Checkpoint part files holding ``arch_id`` (one per arch in the current writer)."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         parts = []
         for p in sorted((self.root / "checkpoints").glob("part-*.parquet")):
-            col = pq.read_table(p, columns=["arch_id"]).column(0)
+            try:
+                col = pq.read_table(p, columns=["arch_id"]).column(0)
+            except (OSError, ValueError, pa.ArrowException) as e:
+                raise DatasetError(f"{p} is unreadable ({type(e).__name__}); run `zoo verify {self.root}`") from None
             if arch_id in set(col.unique().to_pylist()):
                 parts.append(p)
         return parts

@@ -59,7 +59,7 @@ def _tables(root: Path, manifest: dict) -> list[str]:
         try:
             names = pq.read_schema(root / name).names
         except Exception as e:  # noqa: BLE001 - any unreadable file is one problem line
-            return [f"{name} is unreadable ({type(e).__name__}: {e})"]
+            return [f"{name} is unreadable ({type(e).__name__}: {' '.join(str(e).split())})"]
         problems += _columns(name, names)
     if _classification(manifest):
         problems += _columns("models.parquet (classification)", pq.read_schema(root / "models.parquet").names)
@@ -204,7 +204,7 @@ def cmd_verify(args) -> int:
     problems = verify(args.dir)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        print(f"zoo: error: {args.dir}: {problems[0]}{more}", file=sys.stderr)
+        print(f"zoo: error: {args.dir}: {' '.join(problems[0].split())}{more}", file=sys.stderr)
         return 2
     manifest = json.loads((Path(args.dir) / "zoo.json").read_text())
     print(f"ok: {len(manifest['files'])} files match zoo.json; tables and HDF5 mirror consistent")

@@ -7,8 +7,10 @@ the first conv, base width of a ResNet, embedding size of a transformer). Famili
 
 from __future__ import annotations
 
+import functools
 import math
 
+import torch
 from torch import nn
 
 from . import cnn, cnn_zoo, mlp, resnet, transformer
@@ -80,6 +82,32 @@ def build_for_task(config: dict, input_shape: tuple[int, ...], n_classes: int, v
         return apply_init(builder(config_cls(**kwargs)), init)
 
     return build, input_adapter(family, tuple(input_shape))
+
+
+def check_fits(config: dict, input_shape: tuple[int, ...], n_out: int, vocab_size: int | None = None) -> None:
+    """ValueError (one line) if the model of a flat ``config`` cannot take the task's samples: it is
+    built on the meta device (nothing allocated); constructors check what they can (ViT: image size
+    by patch size; CNN-s/l: a shape probe) and a CNN's pooling depth shows in a forward pass."""
+    family = config["arch.family"]
+    used = tuple((k, config[f"arch.{k}"]) for k in FAMILIES[family][2]
+                 if f"arch.{k}" in config and k != "dropout")  # dropout never changes a shape
+    problem = _fit_problem(family, used, tuple(input_shape), n_out, vocab_size)
+    if problem:
+        raise ValueError(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fit_problem(family: str, used: tuple, input_shape: tuple, n_out: int, vocab_size: int | None) -> str | None:
+    try:
+        build, adapt = build_for_task({"arch.family": family, **{f"arch.{k}": v for k, v in used}},
+                                      input_shape, n_out, vocab_size)
+        with torch.device("meta"):
+            model = build()
+            if family == "cnn":  # the first meta forward imports torch's meta kernels (~1 s): only here
+                model(adapt(torch.zeros(2, *input_shape)))
+    except (RuntimeError, ValueError) as e:
+        return str(e).strip().splitlines()[0]
+    return None
 
 
 INITS = {

@@ -20,6 +20,25 @@ VISION = tuple(vision.READERS)
 TASKS = (*EMBEDDED, *VISION)
 
 
+# Sample shape, outputs and vocabulary of each task, known without loading it.
+TASK_SHAPES = {
+    "mnist1d": ((40,), 10, None), "digits": ((1, 8, 8), 10, None), "teacher_student": (None, 1, None),
+    "convection": ((2,), 1, None), "mnist": ((1, 28, 28), 10, None), "fashion_mnist": ((1, 28, 28), 10, None),
+    "cifar10": ((3, 32, 32), 10, None), "cifar100": ((3, 32, 32), 100, None), "svhn": ((3, 32, 32), 10, None),
+    "tinyimagenet": ((3, 64, 64), 200, None),
+}
+
+
+def task_shape(task: dict) -> tuple[tuple[int, ...], int, int | None]:
+    """(sample shape, outputs, vocabulary) of the task of a flat config (``task.name`` ...)."""
+    name = task["task.name"]
+    if name == "modular":
+        return (3,), task["task.modulus"], task["task.modulus"] + 1
+    if name == "teacher_student":
+        return (task["task.input_dim"],), 1, None
+    return TASK_SHAPES[name]
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("ZOO_DATA", Path.home() / ".cache" / "zoo"))
 
@@ -50,5 +69,5 @@ def task_record(data: TaskData) -> dict:
             "n_outputs": int(data.n_classes), "vocab_size": data.extras.get("vocab_size")}
 
 
-__all__ = ["TASKS", "TASK_OPTIONS", "DatasetMissing", "TaskData", "default_data_root", "load_task",
-           "load_task_section", "task_record"]
+__all__ = ["TASKS", "TASK_OPTIONS", "TASK_SHAPES", "DatasetMissing", "TaskData", "default_data_root", "load_task",
+           "load_task_section", "task_record", "task_shape"]
