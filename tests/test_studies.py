@@ -388,3 +388,33 @@ def test_finetune_and_scratch_equal_a_per_model_sgd_loop(smoke):
             acc = (net(xt).argmax(-1) == yt).double().mean().item()
         assert rows.at[mid, column] == pytest.approx(acc, abs=1e-12)
     assert rows.at[mid, "gain"] == rows.at[mid, "finetuned_acc"] - rows.at[mid, "scratch_acc"]
+
+
+# ---------------------------------------------------------------- registry and example
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_declares_valid_defaults_and_documents_its_columns(name):
+    s = STUDIES[name]
+    assert s.name == name and s.summary and s.row and s.columns
+    assert s.resolve([]) == {k: o.default for k, o in s.options.items()}
+
+
+def test_merge_wm_vs_ste_example_reports_the_measured_numbers(zoo_copy, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "merge_wm_vs_ste.py"
+    spec = importlib.util.spec_from_file_location("merge_wm_vs_ste", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "report.md"
+    result = example.main([str(zoo_copy), "--ks", "2", "3", "--groups", "1", "--ste-steps", "5", "--out", str(out)])
+    rows = pd.read_parquet(zoo_copy / "studies" / "merge.parquet")
+    plain = rows[(rows["fix"] == "none") & (rows["k"] == 2)]
+    wm = plain[plain["method"] == "weight"].groupby("cell_id")["merged_acc"].mean().mean()
+    line = next(s for s in result["summary"] if s["fix"] == "none" and s["k"] == "2")
+    assert line["wm_acc"] == pytest.approx(wm) and line["cells"] == plain["cell_id"].nunique()
+    text = out.read_text()
+    assert f"{wm:.4f}" in text and "command:" in text and "nan" not in text.lower()
+    assert verify(zoo_copy) == []
+    assert example.main([str(zoo_copy), "--ks", "2", "3", "--groups", "1", "--ste-steps", "5", "--out",
+                         str(out)])["resumed"]
