@@ -154,3 +154,16 @@ def test_stale_means_old_not_empty(tmp_path):
     assert not claims.acquire("p")
     os.utime(path, (0, 0))
     assert claims.acquire("p")
+
+
+def test_studies_survive_zoo_metrics_and_a_rebuild(zoo_copy):
+    assert run("study", "shift", str(zoo_copy), "--quiet").returncode == 0
+    table = sha256_file(zoo_copy / "studies" / "shift.parquet")
+    r = run("metrics", "spectral", str(zoo_copy), "--quiet")
+    assert r.returncode == 0, r.stderr
+    card = (zoo_copy / "README.md").read_text()
+    assert "config_name: study-shift" in card and "## Study `shift`" in card  # regenerated card keeps it
+    assert run("build", "--out", str(zoo_copy), *BUILD_ARGS).returncode == 0
+    manifest = json.loads((zoo_copy / "zoo.json").read_text())
+    assert manifest["files"]["studies/shift.parquet"] == table and "shift" in manifest["studies"]
+    assert verify(zoo_copy) == []

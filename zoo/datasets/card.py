@@ -64,9 +64,9 @@ PAIRS = [
 ]
 
 
-def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = (),
-                 studies: tuple[str, ...] = ()) -> str:
-    """README.md of a zoo: the Hugging Face header (a config per table and per study), schema, coverage."""
+def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = ()) -> str:
+    """README.md of a zoo: the Hugging Face header (a config per table), schema, coverage; studies
+    add their own config and section (studies.runner.card_with_study)."""
     from .. import __version__
 
     axes = ", ".join(f"{a.name} = {a.key} in {a.values}" for a in spec.phase.axes) or "none"
@@ -89,8 +89,6 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = 
         "    path: layout.parquet",
         *[line for name in tables for line in (f"- config_name: {name}", "  data_files:", "  - split: train",
                                                f"    path: {name}.parquet")],
-        *[line for name in studies for line in (f"- config_name: study-{name}", "  data_files:",
-                                                 "  - split: train", f"    path: studies/{name}.parquet")],
         "tags:",
         "- weight-space-learning",
         "- model-zoo",

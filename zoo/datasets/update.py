@@ -115,8 +115,12 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
         (written if (root / f"{name}.parquet").is_file() else removed).append(f"{name}.parquet")
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
     present = tuple(n for n in ("pairs", "layers") if (root / f"{n}.parquet").is_file())
-    studies = tuple(sorted(p.stem for p in (root / "studies").glob("*.parquet")))
-    atomic_write_bytes(root / "README.md", dataset_card(spec, models, present, studies).encode())
+    card = dataset_card(spec, models, present)
+    from ..studies.runner import card_with_study, get_study
+
+    for name, entry in manifest.get("studies", {}).items():  # keep each study's config and section
+        card = card_with_study(card, get_study(name), entry)
+    atomic_write_bytes(root / "README.md", card.encode())
     written.append("README.md")
     if len(models):
         import contextlib
