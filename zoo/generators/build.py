@@ -222,6 +222,18 @@ def population_cap(spec: ZooSpec, plans, max_memory: int | None) -> dict[str, in
     return caps
 
 
+def idle_cores() -> int:
+    """Cores this process may use that other processes are not already busy on: the CPU affinity
+    minus the 1-minute load average (at least 1). More threads than idle cores make torch's
+    OpenMP workers wait on each other; on a busy 2-core machine one thread is far faster."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
 def default_max_memory(device: str) -> int:
     """Half of the memory available now (RAM, or free GPU memory on CUDA)."""
     if device == "cuda":
@@ -276,7 +288,7 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 done = scan_shards(out, repair)
                 continue
             workers = max(1, min(jobs, len(mine)))
-            threads = max(1, (os.cpu_count() or 1) // workers) if backend == "loky" else None
+            threads = max(1, idle_cores() // workers) if backend == "loky" else None
             tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision,
                                              metrics=spec.metrics, progress=bar.folder / f"{p.population_id}.json")
                      for p in mine)
