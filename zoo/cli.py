@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -79,10 +80,12 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_presets(args) -> int:
-    from .cost import calibrate, estimate
-    from .spec import load_spec, preset_names
+    from .presets_table import preset_rows
+    from .spec import preset_names
 
     if args.calibrate:
+        from .cost import calibrate
+
         table = calibrate(_resolve_device(args.device))
         print("calibrated (train GFLOP/s, eval GFLOP/s, ms per step): " + ", ".join(
             f"{k} {c['train_flops_per_s'] / 1e9:.1f}/{c['eval_flops_per_s'] / 1e9:.1f}/{c['step_s'] * 1e3:.2f}"
@@ -100,17 +103,16 @@ def _cmd_presets(args) -> int:
         g = b / 2**30
         return f"{g:.2f}G" if g < 100 else f"{g:.0f}G" if g < 10000 else f"{g / 1024:.1f}T"
 
-    print(f"{'preset':<30}{'models':>7}{'params/model':>22}{'train PFLOP':>12}{'mem/pop':>9}"
-          f"{'CPU time':>10}{'GPU time':>10}")
-    for name in args.names or preset_names():
-        spec = load_spec(name)
-        c = estimate(spec)
+    print(f"{'preset':<30}{'family':<10}{'task':<16}{'models':>7}{'params/model':>20}{'train PFLOP':>12}"
+          f"{'mem/pop':>9}{'CPU train':>10}{'GPU train':>10}")
+    for name, c in preset_rows(args.names or preset_names()).items():
         params = (f"{c['params_min']:,}" if c["params_min"] == c["params_max"]
                   else f"{c['params_min']:,}-{c['params_max']:,}")
-        print(f"{name:<30}{spec.n_models:>7}{params:>22}{c['train_flops'] / 1e15:>12.4g}"
+        print(f"{name:<30}{c['family']:<10}{c['task']:<16}{c['models']:>7}{params:>20}{c['train_flops'] / 1e15:>12.4g}"
               f"{memory(c['population_bytes']):>9}{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
-    print("times: steps x measured per-step cost + counted training and checkpoint-evaluation FLOPs / measured"
-          " throughput (zoo presets --calibrate); GPU n/a until calibrated on a GPU")
+    print("CPU/GPU train: estimated training time only (steps x measured per-step cost + counted training and "
+          "checkpoint-evaluation FLOPs / measured throughput, zoo presets --calibrate); metrics come on top "
+          "(often as long again); GPU n/a until calibrated on a GPU")
     return 0
 
 
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as e:
         print(f"zoo: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
+    except BrokenPipeError:  # output piped into `head`: stop quietly, like other command-line tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # disk full, permission denied, read-only file system: one line
         print(f"zoo: error: {' '.join(os_error_line(e, f'zoo {args.command}').split())}", file=sys.stderr)
         return 2

@@ -56,3 +56,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def default_data_root() -> Path:
+    """Where downloaded datasets, calibrations and caches live: $ZOO_DATA or ~/.cache/zoo."""
+    return Path(os.environ.get("ZOO_DATA", Path.home() / ".cache" / "zoo"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ...io import default_data_root
 from . import embedded, mnist1d, vision
 from .base import TaskData
 from .vision import DatasetMissing
@@ -37,10 +37,6 @@ def task_shape(task: dict) -> tuple[tuple[int, ...], int, int | None]:
     if name == "teacher_student":
         return (task["task.input_dim"],), 1, None
     return TASK_SHAPES[name]
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("ZOO_DATA", Path.home() / ".cache" / "zoo"))
 
 
 def load_task(name: str, n_train: int, n_test: int, data_seed: int, data_root: Path | None = None,
