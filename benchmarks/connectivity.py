@@ -98,7 +98,7 @@ def main() -> None:
     x, y = splits["train"]
     steps, lr = args.bezier_steps, 0.05
     bends, bez_s = best_of(lambda: [train_bends(build(), Classification(), params, buffers, pairs, x, y, steps, lr,
-                                                "sgd", 0.9, 64, 0) for build, params, buffers, pairs in pops], 1)
+                                                "sgd", 0.9, 64, 0).end for build, params, buffers, pairs in pops], 1)
     loops, bez_loop_s = best_of(lambda: [[loop_bend(build, params, i, j, x, y, steps, lr, 64, 0)
                                           for i, j in pairs.tolist()] for build, params, buffers, pairs in pops], 1)
     bez_diff = max(float((bend[k][q] - loop[q][k]).abs().max())

@@ -153,7 +153,7 @@ def test_batched_pairs_equal_pair_by_pair(kind):
     pairs = torch.tensor([[0, 1], [2, 3], [0, 3]])
     bn_x = x if kind == "cnn" else None
     lin = linear_connectivity(models[0], Classification(), params, buffers, pairs, splits, n_points=5, bn_reset_x=bn_x)
-    kw = dict(steps=6, optimizer="sgd", batch_size=8, n_points=5, seed=3)
+    kw = dict(steps=6, optimizer="sgd", batch_size=8, n_points=5, seed=3, schedule="cosine", tol=0.05)
     bez = bezier_connectivity(models[0], Classification(), params, buffers, pairs, splits, x, y,
                               lr=torch.tensor([0.1, 0.05, 0.2]), **kw)
     for k in range(len(pairs)):
@@ -167,6 +167,7 @@ def test_batched_pairs_equal_pair_by_pair(kind):
         for key, v in one.items():
             np.testing.assert_allclose(bez[key][k], v[0], rtol=1e-5, atol=1e-6, err_msg=key)
     assert {f"mc.{s}.{m}" for s in splits for m in ("loss", "err")} <= bez.keys()
+    assert {"bezier_steps", "bezier_final_loss", "bezier_converged"} <= bez.keys()  # compared pair by pair above
     assert bez["bezier_curve.test.err"].shape == (3, 5)
     # the straight-line curve at t = 0 / 1 is the endpoints, scored by a plain forward (eval mode)
     for k, (i, j) in enumerate(pairs.tolist()):
@@ -189,7 +190,7 @@ def test_bezier_training_matches_a_torch_optimizer():
     for name, opt_cls, kw in (("sgd", torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
                               ("adam", torch.optim.Adam, dict(lr=0.01))):
         bend = train_bends(models[0], Classification(), params, buffers, pairs, x, y, steps=4, lr=kw["lr"],
-                           optimizer=name, momentum=0.9, batch_size=8, seed=1)
+                           optimizer=name, momentum=0.9, batch_size=8, seed=1).end
         from zoo.metrics.connectivity import _pair_draws
 
         ts, idx = _pair_draws(pairs, len(x), 4, 8, 1)
@@ -212,8 +213,10 @@ def test_diverging_pair_keeps_a_finite_bend():
     models, params, buffers, x, y = _population("mlp", 2)
     pairs = torch.tensor([[0, 1], [1, 0]])
     kw = dict(steps=30, batch_size=8)
-    bend = train_bends(models[0], Classification(), params, buffers, pairs, x, y, lr=torch.tensor([0.05, 1e30]), **kw)
-    alone = train_bends(models[0], Classification(), params, buffers, pairs[:1], x, y, lr=0.05, **kw)
+    bends = train_bends(models[0], Classification(), params, buffers, pairs, x, y, lr=torch.tensor([0.05, 1e30]), **kw)
+    alone = train_bends(models[0], Classification(), params, buffers, pairs[:1], x, y, lr=0.05, **kw).end
+    bend = bends.end
+    assert bends.finite.tolist() == [True, False]
     for k, v in bend.items():
         assert bool(v.isfinite().all())
         np.testing.assert_allclose(v[0], alone[k][0], rtol=1e-5, atol=1e-6)

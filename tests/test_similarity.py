@@ -4,6 +4,7 @@ invariances, batched = pair by pair, and representations of an MLP and a CNN wit
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -149,3 +150,54 @@ def test_penultimate_is_the_head_that_runs_last():
     reps = representations(models[0], params, buffers, x)
     with torch.no_grad():
         torch.testing.assert_close(reps["penultimate"][1], models[1].body(x))
+
+
+def test_constant_representations_follow_the_rule(xy):
+    """A constant representation has CKA 0 with a varying one and 1 with another constant one
+    (the formula alone gives 0/0 = NaN); float32 rounding of a constant still counts as constant."""
+    rng, x, y = xy
+    flat = np.repeat(rng.normal(size=(1, 5)), 40, axis=0)
+    jitter = torch.as_tensor(flat, dtype=torch.float32) * (1 + torch.finfo(torch.float32).eps * torch.randn(40, 5))
+    assert sim.constant(_t(flat)).item() and sim.constant(jitter[None]).item() and not sim.constant(_t(x)).item()
+    for cka in (linear_cka, rbf_cka):
+        assert float(cka(_t(flat), _t(y))[0]) == 0.0
+        assert float(cka(_t(x), _t(flat * 0))[0]) == 0.0  # all zeros too
+        assert float(cka(_t(flat), _t(flat[:, :2] + 7))[0]) == 1.0
+        assert float(cka(jitter[None].double(), _t(y))[0]) == 0.0
+        assert float(cka(_t(x), _t(y))[0]) == pytest.approx(_cka_direct(x, y) if cka is linear_cka
+                                                          else _rbf_direct(x, y))  # the rest unchanged
+
+
+def test_a_collapsed_model_gets_rule_values_and_its_cell_a_phase(mnist1d_small):
+    """Plant a model collapsed to chance (zero head weights: the same logits for every input) in a
+    three-model cell: its pairs get CKA 0, the healthy pair its real CKA, every model a finite
+    mean over its pairs, and the cell a phase label instead of 'unknown'."""
+    from zoo.functional import evaluate, from_flat, make_forward, to_flat
+    from zoo.generators.population import Member, TrainConfig, train_population
+    from zoo.generators.tasks.objectives import objective_for
+    from zoo.metrics.measure import measure_population
+    from zoo.metrics.phases import assign_phases
+    from zoo.spec import MetricsSpec
+
+    data = mnist1d_small
+    build = lambda: build_model("mlp", in_dim=40, out_dim=10, width=16, depth=2)  # noqa: E731
+    res = train_population(build, [Member(f"m{s}", s, lr=0.05) for s in range(3)], data,
+                           TrainConfig(steps=300, batch_size=64, checkpoint_steps=[300]))
+    params, buffers = from_flat(torch.as_tensor(res.weights[-1]), res.layout)
+    params["4.weight"][0] = 0.0  # model 0 collapses: logits = its head bias
+    weights = to_flat(params, buffers, res.layout).numpy()[None]
+    objective = objective_for(data)
+    spec = MetricsSpec(spectral=False, lmc="none", bezier_steps=20, hessian_batches=2)
+    measured = measure_population(build(), objective, data, weights, [300], res.layout, ["m0", "m1", "m2"],
+                                  ["c"] * 3, ["ok"] * 3, spec, lr=[0.05] * 3, optimizer="sgd", momentum=0.9)
+    pairs = measured.pairs.set_index(["model_a", "model_b"])["cka.logits"]
+    assert pairs[("m0", "m1")] == 0.0 and pairs[("m0", "m2")] == 0.0
+    assert 0.1 < pairs[("m1", "m2")] <= 1.0
+    cka = measured.per_model["similarity.cka"]
+    np.testing.assert_allclose(cka, [0.0, pairs[("m1", "m2")] / 2, pairs[("m1", "m2")] / 2])
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    losses = evaluate(make_forward(build()), build(), objective, params, buffers, x, y)["loss"].numpy()
+    models = pd.DataFrame({"cell_id": ["c"] * 3, "train_loss": losses, **measured.per_model})
+    phases = assign_phases(models)
+    assert set(phases["cell_phase"]) <= {"I", "II", "III", "IV-A", "IV-B"}
+    assert phases["phase"].tolist().count("unknown") == 0

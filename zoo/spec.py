@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -118,8 +119,9 @@ class MetricsSpec:
     farms: bool = True
     connectivity: bool = True  # linear paths between same-cell pairs
     curve_points: int = 11
-    bezier_steps: int = 100  # training steps of the Bezier bend per pair (0: no Bezier mc)
-    bezier_lr: float = 0.0  # 0: the cell's own training lr
+    bezier_steps: int = -1  # Bezier bend steps per pair: -1 bezier_budget x the models' steps, 0 no mc, n > 0: n
+    bezier_budget: float = 1.0  # with bezier_steps = -1: the bend's steps as a fraction of the models' (docs/phases.md)
+    bezier_lr: float = 0.0  # 0: the cell's own lr x connectivity.BEND_LR_SCALE; > 0: this lr
     cka: bool = True
     probe_size: int = 512  # fixed test-set probe batch for CKA, activation matching, BN reset
     lmc: str = "weight"  # aligned barriers in the build: none | weight | all
@@ -314,8 +316,13 @@ def _validate_metrics(m: MetricsSpec) -> None:
         _positive(where, v)
     if m.curve_points < 3:
         raise SpecError(f"metrics.curve_points must be >= 3 (endpoints and a midpoint), got {m.curve_points!r}")
-    if m.bezier_steps < 0 or m.bezier_lr < 0:
-        raise SpecError("metrics.bezier_steps and metrics.bezier_lr must be >= 0")
+    if m.bezier_steps < -1:
+        raise SpecError(f"metrics.bezier_steps must be -1 (follow training), 0 (off) or > 0, got {m.bezier_steps!r}")
+    if not math.isfinite(m.bezier_budget) or m.bezier_budget <= 0:
+        raise SpecError(f"metrics.bezier_budget must be a finite fraction > 0 of the models' steps, "
+                        f"got {m.bezier_budget!r}")
+    if not math.isfinite(m.bezier_lr) or m.bezier_lr < 0:
+        raise SpecError(f"metrics.bezier_lr must be finite and >= 0 (0: the cell's lr), got {m.bezier_lr!r}")
     if not m.thresholds:
         return
     from .metrics.phases import PhaseThresholds  # the rule's own fields are the allowed keys

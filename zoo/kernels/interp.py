@@ -27,7 +27,7 @@ the reference runs (64x11x1000x64: 0.32 s on one core of the dev machine).
 
 Gradients: ``InterpLinear`` (autograd.Function) runs the kernel forward and a plain-torch backward
 that never materialises W(t) either (K batched GEMMs over the anchors); it returns gradients for
-x, the anchor weights and biases, and the coefficients. Used by Bezier bend training.
+x, the anchor weights and biases, and the coefficients.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ Linear paths: ``curve.<split>.<metric>`` [K, T] at T evenly spaced t, and the ba
 
 Bezier mode connectivity (Garipov et al. 2018; as in Yang et al. 2021 and the phase-transition zoo):
 phi(t) = (1-t)^2 w0 + 2t(1-t) theta + t^2 w1, the bend theta initialised at the midpoint (w0+w1)/2
-and trained with the task's optimizer (SGD with momentum or Adam, the pair's lr), t ~ U(0, 1)
-drawn per step and per pair. Evaluated at ``n_points`` evenly spaced t with BatchNorm statistics
-re-estimated at each point, then
+and trained with the task's optimizer (SGD with momentum or Adam), t ~ U(0, 1) drawn per step and
+per pair. The measure step gives the bend the models' own budget (Garipov et al.: as many steps
+as the endpoints trained), their lr times ``BEND_LR_SCALE`` (the bend moves the curve slower
+than a model moves itself), cosine-annealed; docs/phases.md has the measurement behind it.
+Evaluated at ``n_points`` evenly spaced t with BatchNorm statistics re-estimated at each point, then
 
     mc = (v(0) + v(1)) / 2 - v(t*),   t* = argmax over interior points of |v(t) - (v(0) + v(1)) / 2|
 
@@ -27,6 +29,9 @@ Randomness: each pair (i, j) draws its t's and minibatches from its own stream, 
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,12 +49,17 @@ from .paths import (
     fused_paths,
     has_batchnorm,
     interpolation_points,
-    path_forward,
 )
 
 Tensor = torch.Tensor
 
 BN_RESET_SIZE = 1024  # training samples that re-estimate BatchNorm statistics when none are given
+SCHEDULES = ("constant", "cosine")  # the bend's learning-rate schedules
+# The bend's lr over the models' in the measure step. A bend step moves phi(t) by c = 2t(1-t) times
+# the step, and an SGD step is itself c times dL/dphi, so phi moves c^2 lr: at the models' lr the
+# curve would move 1/E[c^2] = 7.5 times slower (t ~ U(0, 1)) than the models moved in training.
+# Adam (whose step does not scale with the gradient) gets the same factor, measured: docs/phases.md.
+BEND_LR_SCALE = 7.5
 
 
 def _side(state: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
@@ -113,52 +123,76 @@ def _pair_draws(pairs: Tensor, n: int, steps: int, batch_size: int, seed: int) -
     return torch.stack(ts), torch.stack(idx)
 
 
+def _lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The bend's learning-rate multiplier: constant, or cosine annealing to 0 (the endpoints'
+    constant lr leaves the bend bouncing at the noise level; annealing lets it settle in the valley)."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / steps))
+    return 1.0
+
+
+@dataclass
+class Bends:
+    """Trained bends of K pairs."""
+
+    end: dict[str, Tensor]  # [K, ...] each
+    finite: Tensor  # [K] bool: every step's loss and gradient stayed finite
+
+
 def train_bends(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor], pairs: Tensor,
                 train_x: Tensor, train_y: Tensor, steps: int, lr: float | Tensor, optimizer: str = "sgd",
                 momentum: float = 0.9, batch_size: int = 64, seed: int = 0,
-                betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0) -> dict[str, Tensor]:
-    """Train the K bends (one per pair) together -> stacked bends [K, ...].
+                betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+                schedule: str = "constant") -> Bends:
+    """Train the K bends (one per pair) together, from the midpoints (w0 + w1) / 2.
 
-    ``lr`` is a float or per-pair [K]; the updates are the population trainer's (SGD: buf = mom *
-    buf + g, theta -= lr * buf; Adam with bias correction). A pair whose loss or gradient stops
-    being finite keeps its last finite bend (as a diverged model is frozen in training).
+    ``lr`` is a float or per-pair [K], scaled per step by ``schedule`` (constant | cosine); the
+    updates are the population trainer's (SGD: buf = mom * buf + g, theta -= lr * buf; Adam with
+    bias correction). A pair whose loss or gradient stops being finite is frozen at its last finite
+    bend (as a diverged model is in training) and flagged in ``Bends.finite``.
+
+    Each step evaluates phi(t) as a leaf tensor and takes the bend's gradient by the chain rule,
+    dL/dtheta = 2t(1-t) dL/dphi: one population forward/backward, as cheap as a training step.
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     pairs = _pairs(pairs)
     a, b = pairs[:, 0], pairs[:, 1]
     w0, w1 = _side(params, a), _side(params, b)
     bufs = {k: v.clone() for k, v in _side(buffers, a).items()}
-    bend = {k: torch.lerp(w0[k], w1[k], 0.5).detach().clone().requires_grad_(True) for k in w0}
+    bend = {k: torch.lerp(w0[k], w1[k], 0.5) for k in w0}
     k_pairs = len(pairs)
     ref = next(iter(bend.values()))
     lr = torch.as_tensor(lr, dtype=ref.dtype, device=ref.device).expand(k_pairs)
     buf = {k: torch.zeros_like(v) for k, v in bend.items()}
     buf2 = {k: torch.zeros_like(v) for k, v in bend.items()} if optimizer == "adam" else None
     t_all, idx_all = _pair_draws(pairs, len(train_x), steps, batch_size, seed)
-    t_all, idx_all = t_all.to(ref.device), idx_all.to(train_x.device)
-    fused = fused_paths(model, bufs)
+    coeffs = bezier_coeffs(t_all.T.contiguous()).to(ref)  # [steps, K, 3]
+    idx_all = idx_all.to(train_x.device)
+    alive = torch.ones(k_pairs, dtype=torch.bool, device=ref.device)
     forward = make_forward(model)
+    shape = lambda v: (-1, *[1] * (v.dim() - 1))  # noqa: E731 - per-pair scalars against [K, ...]
     with batch_statistics(model):  # BatchNorm normalises with batch statistics while the bends train
         for step in range(steps):
-            idx = idx_all[:, step]
-            if fused:  # each pair's point phi(t) mixed inside the GEMMs, one point per pair
-                coeffs = bezier_coeffs(t_all[:, step]).unsqueeze(1)  # [K, 1, 3]
-                phi, step_forward = {"state": t_all[:, step]}, path_forward(model, [w0, bend, w1], coeffs)
-            else:
-                phi, step_forward = bezier_states(w0, bend, w1, t_all[:, step]), forward
-            loss = objective.batch_loss(step_forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
-            grads = torch.autograd.grad(loss.sum(), list(bend.values()))
+            idx, c = idx_all[:, step], coeffs[step]
             with torch.no_grad():
-                ok = loss.detach().isfinite()
+                phi = {k: (c[:, 0].view(shape(v)) * w0[k] + c[:, 1].view(shape(v)) * v
+                           + c[:, 2].view(shape(v)) * w1[k]).requires_grad_(True) for k, v in bend.items()}
+            loss = objective.batch_loss(forward, phi, bufs, train_x[idx], train_y[idx])  # [K]
+            grads = torch.autograd.grad(loss.sum(), list(phi.values()))
+            with torch.no_grad():
+                ok = alive & loss.detach().isfinite()
                 for grad in grads:
                     ok &= grad.flatten(1).sum(1).isfinite()
-                scale = torch.where(ok, lr, 0.0)
+                alive = ok
+                scale = torch.where(ok, lr * _lr_factor(schedule, step, steps), 0.0)
                 for (name, p), g in zip(bend.items(), grads, strict=True):
-                    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) * c[:, 1].view(shape(p))
                     if weight_decay:
                         g = g.add(p, alpha=weight_decay)
-                    keep = ok.view(-1, *[1] * (p.dim() - 1))
+                    keep = ok.view(shape(p))
                     if optimizer == "sgd":
                         new = torch.add(g, buf[name], alpha=momentum)
                         update = new
@@ -170,40 +204,65 @@ def train_bends(model: nn.Module, objective, params: dict[str, Tensor], buffers:
                         buf2[name] = torch.where(keep, new2, buf2[name])
                     buf[name] = torch.where(keep, new, buf[name])
                     p.sub_(scale.view_as(keep) * update)
-    return {k: v.detach() for k, v in bend.items()}
+    return Bends(end=bend, finite=alive.cpu())
+
+
+def _bezier_curves(model: nn.Module, objective, w0, bend, w1, buffers, splits: dict, n_points: int,
+                   bn_reset_x: Tensor | None) -> dict[str, np.ndarray]:
+    """Curves [K, T] of the Bezier paths (w0, bend, w1) at ``n_points`` evenly spaced t."""
+    ts = interpolation_points(n_points)
+    k = next(iter(w0.values())).shape[0]
+    if fused_paths(model, buffers):
+        return curves(evaluate_path(model, objective, [w0, bend, w1], bezier_coeffs(ts), splits), k, n_points)
+    rep = lambda s: {n: v.repeat_interleave(n_points, 0) for n, v in s.items()}  # noqa: E731 - pair-major
+    states = bezier_states(rep(w0), rep(bend), rep(w1), ts.repeat(k))
+    return curves(evaluate_states(model, objective, states, rep(buffers), splits, bn_reset_x), k, n_points)
 
 
 def bezier_connectivity(model: nn.Module, objective, params: dict[str, Tensor], buffers: dict[str, Tensor],
                         pairs: Tensor, splits: dict, train_x: Tensor, train_y: Tensor, steps: int = 200,
                         lr: float | Tensor = 0.01, optimizer: str = "sgd", momentum: float = 0.9,
                         batch_size: int = 64, n_points: int = 11, seed: int = 0,
-                        bn_reset_x: Tensor | None = None, weight_decay: float = 0.0) -> dict[str, np.ndarray]:
-    """Train a Bezier bend per pair, evaluate its curve: ``mc.<split>.<metric>`` [K] and
-    ``bezier_curve.<split>.<metric>`` [K, T].
+                        bn_reset_x: Tensor | None = None, weight_decay: float = 0.0,
+                        schedule: str = "constant", tol: float | None = None) -> dict[str, np.ndarray]:
+    """Train a Bezier bend per pair, evaluate its curve: ``mc.<split>.<metric>`` [K],
+    ``bezier_curve.<split>.<metric>`` [K, T], and per pair ``bezier_steps``, ``bezier_final_loss``
+    (the objective the bend minimised, E_t L(phi(t)) on the train split: the trapezoid mean of
+    its curve) and ``bezier_converged``: every step stayed finite and a bend trained with half the
+    steps (the same draws, its own schedule) gives a train-loss mc within ``tol`` of the final one,
+    so doubling the budget no longer changed the answer (the measure step passes the phase labels'
+    connected tolerance; None: 2% of the endpoints' mean train loss). A test of the last steps
+    alone cannot tell a plateau from slow progress: mc improves about log-linearly in the budget.
+    The "train" split defaults to (train_x, train_y).
 
     BatchNorm statistics are re-estimated at every evaluated point on ``bn_reset_x``, by default
     the first ``BN_RESET_SIZE`` training samples (the endpoints' statistics do not fit the bend).
     """
     pairs = _pairs(pairs)
-    bend = train_bends(model, objective, params, buffers, pairs, train_x, train_y, steps, lr, optimizer,
-                       momentum, batch_size, seed, weight_decay=weight_decay)
+    splits = {"train": (train_x, train_y), **splits}
+
+    def fit(n: int) -> Bends:
+        return train_bends(model, objective, params, buffers, pairs, train_x, train_y, n, lr, optimizer, momentum,
+                           batch_size, seed, weight_decay=weight_decay, schedule=schedule)
+
+    bends, half = fit(steps), fit(steps // 2)
     if bn_reset_x is None and has_batchnorm(model):
         bn_reset_x = train_x[:BN_RESET_SIZE]
     a, b = pairs[:, 0], pairs[:, 1]
-    w0, w1 = _side(params, a), _side(params, b)
-    ts = interpolation_points(n_points)
-    k = len(pairs)
-    if fused_paths(model, buffers):
-        values = curves(evaluate_path(model, objective, [w0, bend, w1], bezier_coeffs(ts), splits), k, n_points)
-    else:
-        grid_t = ts.repeat(k)  # pair-major, like paths.interpolate
-        rep = lambda s: {n: v.repeat_interleave(n_points, 0) for n, v in s.items()}  # noqa: E731
-        states = bezier_states(rep(w0), rep(bend), rep(w1), grid_t)
-        bufs = rep(_side(buffers, a))
-        values = curves(evaluate_states(model, objective, states, bufs, splits, bn_reset_x), k, n_points)
+    w0, w1, bufs = _side(params, a), _side(params, b), _side(buffers, a)
+    values = _bezier_curves(model, objective, w0, bends.end, w1, bufs, splits, n_points, bn_reset_x)
+    half_curve = _bezier_curves(model, objective, w0, half.end, w1, bufs, {"train": splits["train"]}, n_points,
+                                bn_reset_x)["train.loss"]
     out = {f"bezier_curve.{name}": v for name, v in values.items()}
     out.update({f"mc.{name}": mode_connectivity(v) for name, v in values.items()})
+    drift = np.abs(out["mc.train.loss"] - mode_connectivity(half_curve))
+    if tol is None:
+        tol = 0.02 * np.abs(values["train.loss"][:, [0, -1]].mean(1))
+    out["bezier_steps"] = np.full(len(pairs), steps, dtype=np.int64)
+    out["bezier_final_loss"] = np.trapezoid(values["train.loss"], dx=1 / (n_points - 1), axis=1)
+    out["bezier_converged"] = bends.finite.numpy() & (drift <= tol)
     return out
 
 
-__all__ = ["bezier_connectivity", "bezier_states", "linear_connectivity", "mode_connectivity", "train_bends"]
+__all__ = ["BEND_LR_SCALE", "Bends", "bezier_connectivity", "bezier_states", "linear_connectivity", "mode_connectivity",
+           "train_bends"]

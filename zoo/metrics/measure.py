@@ -8,6 +8,7 @@ diverged, its task has no such metric) is NaN, and ``metrics_note`` says why.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,13 +95,32 @@ def _splits(data) -> dict[str, tuple[Tensor, Tensor]]:
             "test": (torch.as_tensor(data.x_test), torch.as_tensor(data.y_test))}
 
 
+def bend_steps(spec: MetricsSpec, trained_steps: int) -> int:
+    """The Bezier bend's steps: ``metrics.bezier_steps``, or for -1 ``bezier_budget`` x the steps
+    the models trained (at least 1)."""
+    if spec.bezier_steps >= 0:
+        return spec.bezier_steps
+    return max(1, round(spec.bezier_budget * trained_steps))
+
+
+def mc_tolerance(spec: MetricsSpec, data) -> float | None:
+    """The phase labels' connected tolerance on mc: mc_tolerance x log(classes) (classification
+    only; other tasks get the bend's relative default)."""
+    from .phases import PhaseThresholds
+
+    if data.kind != "classification":
+        return None
+    return PhaseThresholds(**spec.thresholds).mc_tolerance * math.log(data.n_classes)
+
+
 def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, data,
                 spec: MetricsSpec, lr: Tensor, optimizer: str, momentum: float,
-                problems: list[str] | None = None) -> pd.DataFrame:
+                problems: list[str] | None = None, trained_steps: int = 1000, batch_size: int = 64) -> pd.DataFrame:
     """One row per (pair, alignment): naive curves, barriers, Bezier mc and CKA on the "none"
     rows; aligned barriers, distances and permutations on the others. ``lr`` [K]: each pair's
-    training learning rate (the Bezier bend's, unless metrics.bezier_lr is set)."""
-    from .connectivity import bezier_connectivity, linear_connectivity
+    training learning rate; the Bezier bend trains at ``BEND_LR_SCALE`` x it (or metrics.bezier_lr)
+    with the cell's optimizer, batch size and ``bend_steps`` steps, cosine-annealed."""
+    from .connectivity import BEND_LR_SCALE, bezier_connectivity, linear_connectivity
     from .similarity import pair_cka
 
     problems = [] if problems is None else problems
@@ -111,11 +131,14 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
     if spec.connectivity:
         cols.update(attempt(problems, "connectivity", lambda: linear_connectivity(
             model, objective, params, buffers, pairs, splits, n_points=spec.curve_points, bn_reset_x=bn_x)) or {})
-        if spec.bezier_steps:
+        steps = bend_steps(spec, trained_steps)
+        if steps:
+            bend_lr = torch.full_like(lr, spec.bezier_lr) if spec.bezier_lr else lr * BEND_LR_SCALE
             cols.update(attempt(problems, "bezier", lambda: bezier_connectivity(
                 model, objective, params, buffers, pairs, splits, splits["train"][0], splits["train"][1],
-                steps=spec.bezier_steps, lr=torch.full_like(lr, spec.bezier_lr) if spec.bezier_lr else lr,
-                optimizer=optimizer, momentum=momentum, n_points=spec.curve_points, seed=0, bn_reset_x=bn_x)) or {})
+                steps=steps, lr=bend_lr, optimizer=optimizer, momentum=momentum, batch_size=batch_size,
+                n_points=spec.curve_points, seed=0, bn_reset_x=bn_x, schedule="cosine",
+                tol=mc_tolerance(spec, data))) or {})
     if spec.cka and data.kind == "classification":
         cka = attempt(problems, "cka", lambda: pair_cka(model, params, buffers, pairs, probe)) or {}
         cols.update({k: np.asarray(v) for k, v in cka.items()})
@@ -144,7 +167,10 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
 
 
 def pair_means(pairs: pd.DataFrame, columns: dict[str, str], m: int) -> dict[str, np.ndarray]:
-    """Per-model means over the naive pair rows a model takes part in: {out column: [M]}."""
+    """Per-model means over the naive pair rows a model takes part in: {out column: [M]}.
+
+    Only finite pair values count: one pair whose metric could not be computed must not blank
+    the mean of every model it touches (NaN only where a model has no finite pair)."""
     naive = pairs[pairs["alignment"] == "none"] if len(pairs) else pairs
     if "cross_cell" in naive:
         naive = naive[~naive["cross_cell"].astype(bool)]
@@ -153,12 +179,13 @@ def pair_means(pairs: pd.DataFrame, columns: dict[str, str], m: int) -> dict[str
         if col not in naive:
             continue
         total, count = np.zeros(m), np.zeros(m)
+        values = naive[col].to_numpy(dtype=np.float64)
+        finite = np.isfinite(values)
         for side in ("a", "b"):
-            idx = naive[f"index_{side}"].to_numpy()
-            np.add.at(total, idx, naive[col].to_numpy(dtype=np.float64))
+            idx = naive[f"index_{side}"].to_numpy()[finite]
+            np.add.at(total, idx, values[finite])
             np.add.at(count, idx, 1)
-        with np.errstate(invalid="ignore"):
-            out[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
 
 
@@ -168,8 +195,11 @@ PAIR_SUMMARIES = {"connectivity.mc": "mc.train.loss", "connectivity.barrier": "b
 
 def measure_population(model: nn.Module, objective, data, weights: np.ndarray, steps: list[int],
                        layout: Layout, model_ids: list[str], cell_ids: list[str], status: list[str],
-                       spec: MetricsSpec, lr: list[float], optimizer: str, momentum: float) -> Measured:
-    """All metric families for one population; ``weights`` [K, M, P] are its checkpoints."""
+                       spec: MetricsSpec, lr: list[float], optimizer: str, momentum: float,
+                       batch_size: int = 64) -> Measured:
+    """All metric families for one population; ``weights`` [K, M, P] are its checkpoints, the last
+    at ``steps[-1]`` = the steps the models trained (the Bezier bend's budget follows it, with the
+    models' ``batch_size``)."""
     m = len(model_ids)
     final = torch.as_tensor(weights[-1])
     ok = np.array([s == "ok" for s in status]) & np.isfinite(weights[-1]).all(1)
@@ -209,7 +239,8 @@ def measure_population(model: nn.Module, objective, data, weights: np.ndarray, s
     if len(pairs) and (spec.connectivity or spec.cka or spec.lmc != "none"):
         pair_lr = torch.tensor([lr[idx[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)  # model a's
         table = pair_tables(model, objective, params, buffers, pairs, data, spec, lr=pair_lr,
-                            optimizer=optimizer, momentum=momentum, problems=problems)
+                            optimizer=optimizer, momentum=momentum, problems=problems,
+                            trained_steps=steps[-1], batch_size=batch_size)
         a, b = idx[pairs[:, 0].numpy()], idx[pairs[:, 1].numpy()]
         k = table["pair_index"].to_numpy()
         table.insert(0, "model_a", [model_ids[i] for i in a[k]])
@@ -245,5 +276,5 @@ def _spectral(model, weights, steps, layout, model_ids, idx, spec, result) -> No
     result.layers = pd.concat(layer_tables, ignore_index=True)
 
 
-__all__ = ["Measured", "PAIR_SUMMARIES", "hessian_columns", "measure_population", "pair_means", "pair_tables",
-           "same_cell_pairs"]
+__all__ = ["Measured", "PAIR_SUMMARIES", "bend_steps", "hessian_columns", "mc_tolerance", "measure_population",
+           "pair_means", "pair_tables", "same_cell_pairs"]

@@ -141,7 +141,7 @@ def path_forward(model: nn.Module, anchors: list[dict[str, Tensor]], coeffs: Ten
     sum_k coeffs[p, t, k] anchors[k][p] (pair-major, like ``interpolate``) of a Linear stack.
 
     ``anchors``: K stacked parameter dicts [P, ...] (endpoints, and the bend of a Bezier curve);
-    ``coeffs`` [T, K] or [P, T, K]. Differentiable in the anchors (Bezier bend training).
+    ``coeffs`` [T, K] or [P, T, K]. Differentiable in the anchors.
     """
     if not is_linear_stack(model):
         raise ValueError(f"path_forward needs a Linear stack, got {type(model).__name__}")

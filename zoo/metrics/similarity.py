@@ -10,6 +10,13 @@ with m the median squared distance over all n x n entries (diagonal included) an
 in Kornblith et al.'s reference code. Both are invariant to orthogonal transforms and isotropic
 scaling of the features, and CKA(X, X) = 1.
 
+Constant representations (a model collapsed to chance has the same logits for every input, or a
+layer of dead ReLUs) make the formula 0/0. The rule: a representation that does not vary over the
+probe shares no structure with anything, so CKA with it is 0; two constant representations are the
+same up to the translation CKA ignores (both centre to zero), so their CKA is 1, as CKA(X, X) is.
+"Constant" means a centred norm at most ``CONSTANT_RTOL`` times the raw norm: below that the
+variation is float32 rounding of the forward pass, not signal, and the raw quotient is noise.
+
 Representations: the logits, and the penultimate features = the input of the last parametrized
 layer the forward pass runs (the classifier head), captured by a pre-hook inside the vmapped
 function, so nothing leaks out of vmap.
@@ -27,6 +34,7 @@ from ..kernels import gram_hsic
 Tensor = torch.Tensor
 
 GRAM_ELEMENTS = 1 << 25  # n x n Gram entries held at once by the RBF route (256 MB in float64)
+CONSTANT_RTOL = 1e-5  # ~100 float32 ulps: a representation varying less than this is constant
 
 
 def _centre(x: Tensor) -> Tensor:
@@ -39,18 +47,35 @@ def _centre_gram(gram: Tensor) -> Tensor:
     return gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True) + gram.mean((1, 2), keepdim=True)
 
 
+def constant(x: Tensor) -> Tensor:
+    """[K] bool: whether each representation x [K, N, ...] is constant over its N samples."""
+    x = x.double().flatten(2)
+    spread = (x - x.mean(1, keepdim=True)).flatten(1).norm(dim=1)
+    return spread <= CONSTANT_RTOL * x.flatten(1).norm(dim=1)
+
+
+def constant_rule(cka: Tensor, const_x: Tensor, const_y: Tensor) -> Tensor:
+    """CKA [K] with the rule for constant representations (module docstring): 1 if both are, 0 if one is."""
+    const_x, const_y = const_x.to(cka.device), const_y.to(cka.device)
+    return torch.where(const_x | const_y, (const_x & const_y).to(cka.dtype), cka)
+
+
 def _cka_from_grams(kx: Tensor, ky: Tensor) -> Tensor:
     hsic = lambda a, b: (a * b).sum((1, 2))  # noqa: E731
     return hsic(kx, ky) / torch.sqrt(hsic(kx, kx) * hsic(ky, ky))
 
 
 def linear_cka(x: Tensor, y: Tensor) -> Tensor:
-    """Linear CKA of feature pairs x [K, N, D1], y [K, N, D2] -> [K] (float64)."""
+    """Linear CKA of feature pairs x [K, N, D1], y [K, N, D2] -> [K] (float64; constant features:
+    module docstring)."""
+    const_x, const_y = constant(x), constant(y)
     x, y = _centre(x), _centre(y)
     if max(x.shape[2], y.shape[2]) > x.shape[1]:  # wide features: the n x n Grams are smaller
-        return _cka_from_grams(x @ x.transpose(1, 2), y @ y.transpose(1, 2))
-    norm = torch.linalg.matrix_norm
-    return norm(y.transpose(1, 2) @ x) ** 2 / (norm(x.transpose(1, 2) @ x) * norm(y.transpose(1, 2) @ y))
+        cka = _cka_from_grams(x @ x.transpose(1, 2), y @ y.transpose(1, 2))
+    else:
+        norm = torch.linalg.matrix_norm
+        cka = norm(y.transpose(1, 2) @ x) ** 2 / (norm(x.transpose(1, 2) @ x) * norm(y.transpose(1, 2) @ y))
+    return constant_rule(cka, const_x, const_y)
 
 
 def _median(v: Tensor) -> Tensor:
@@ -73,13 +98,13 @@ def rbf_cka(x: Tensor, y: Tensor, sigma: float = 0.8) -> Tensor:
     """RBF-kernel CKA of feature pairs x [K, N, D1], y [K, N, D2] -> [K] (float64).
 
     Bandwidth: sigma x the median distance (module docstring). Pairs are processed in chunks so
-    that at most ``GRAM_ELEMENTS`` Gram entries are alive.
+    that at most ``GRAM_ELEMENTS`` Gram entries are alive. Constant features: module docstring.
     """
     k, n = x.shape[:2]
     step = max(1, GRAM_ELEMENTS // max(2 * n * n, 1))
     out = [_cka_from_grams(_rbf_gram(_centre(x[s:s + step]), sigma), _rbf_gram(_centre(y[s:s + step]), sigma))
            for s in range(0, k, step)]
-    return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
+    return constant_rule(torch.cat(out), constant(x), constant(y)) if out else x.new_zeros(0, dtype=torch.float64)
 
 
 def _last_layer(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> nn.Module:
@@ -127,19 +152,22 @@ def representations(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
 def pair_cka(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], pairs: Tensor,
              x: Tensor, kind: str = "linear", sigma: float = 0.8) -> dict[str, np.ndarray]:
     """CKA of every pair [K, 2] on logits and penultimate features: {"cka.logits": [K],
-    "cka.penultimate": [K]} (numpy float64); ``kind`` linear or rbf (bandwidth ``sigma``)."""
+    "cka.penultimate": [K]} (numpy float64); ``kind`` linear or rbf (bandwidth ``sigma``); a
+    constant representation follows the rule of the module docstring."""
     if kind not in ("linear", "rbf"):
         raise ValueError(f"kind must be linear or rbf, got {kind!r}")
     pairs = torch.as_tensor(pairs, dtype=torch.int64)
     reps = representations(model, params, buffers, x)
-    if kind == "linear":  # the kernels dispatcher: Triton on CUDA, the same formula in torch elsewhere
-        return {f"cka.{name}": gram_hsic(r.double(), pairs.to(r.device))["cka"].double().cpu().numpy()
-                for name, r in reps.items()}
     out = {}
     for name, r in reps.items():
         a, b = pairs[:, 0].to(r.device), pairs[:, 1].to(r.device)
-        out[f"cka.{name}"] = rbf_cka(r[a], r[b], sigma).cpu().numpy()
+        if kind == "rbf":
+            out[f"cka.{name}"] = rbf_cka(r[a], r[b], sigma).cpu().numpy()
+            continue
+        flat = constant(r)  # the kernels dispatcher: Triton on CUDA, the same formula in torch elsewhere
+        cka = gram_hsic(r.double(), pairs.to(r.device))["cka"].double()
+        out[f"cka.{name}"] = constant_rule(cka, flat[a], flat[b]).cpu().numpy()
     return out
 
 
-__all__ = ["linear_cka", "pair_cka", "rbf_cka", "representations"]
+__all__ = ["constant", "constant_rule", "linear_cka", "pair_cka", "rbf_cka", "representations"]
