@@ -1,6 +1,6 @@
 """Each zoo kernel against its torch reference on realistic shapes.
 
-    .venv/bin/python benchmarks/kernels.py [--reps 3] [--dtype float32|bfloat16]
+    .venv/bin/python benchmarks/kernels.py [--rounds 3] [--dtype float32|bfloat16]
 
 Prints one JSON line per kernel, then a summary line {"benchmark": "kernels", ...} last.
 On a machine without CUDA only the torch references run (timed) and the lines say so
@@ -8,15 +8,16 @@ On a machine without CUDA only the torch references run (timed) and the lines sa
 With CUDA, each kernel runs through its Triton path and its reference on the same inputs; the lines
 give both times, their agreement (max relative error against a stated tolerance) and the achieved
 TFLOP/s (GEMM-like kernels) or GB/s (memory-bound ones) as a fraction of the device's peak from a
-small table of datasheet numbers (dense, no sparsity) for H100/H200/A100.
+small table of datasheet numbers (dense, no sparsity) for H100/H200/A100. Triton and reference are
+warmed up and interleaved (benchmarks/_harness.py); times are the min over rounds, medians beside.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
+import _harness as h
 import torch
 
 from zoo.kernels import HAS_TRITON, grouped, hsic, interp, tailfit
@@ -39,21 +40,6 @@ def device_peaks(name: str) -> tuple[str | None, dict | None]:
     if "A100" in name:
         return "A100", PEAKS["A100"]
     return None, None
-
-
-def timed(fn, reps: int, cuda: bool) -> float:
-    """Median wall seconds of fn() over reps runs after one warm-up (synchronised on CUDA)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def max_rel_err(a, b) -> float:
@@ -134,11 +120,9 @@ def cases(dev, dtype):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap = h.add_common(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+    args = h.start(ap)
     cuda = torch.cuda.is_available()
     run_triton = cuda and HAS_TRITON
     dev = torch.device("cuda" if cuda else "cpu")
@@ -153,13 +137,19 @@ def main() -> None:
 
     lines = []
     for kname, shape, work, unit, ref_fn, tri_fn, tol in cases(dev, dtype):
-        rec = {"kernel": kname, "shape": shape, "dtype": args.dtype, "device": "cuda" if cuda else "cpu",
-               "device_name": name, "triton": triton_note}
-        rec["baseline_s"] = timed(ref_fn, args.reps, cuda)
-        rec["ours_s"] = rec["ratio"] = rec["agree"] = None
+        rec = {"benchmark": "kernel", "case": kname, "kernel": kname, "shape": shape, "dtype": args.dtype,
+               "baseline": "torch reference", "device": "cuda" if cuda else "cpu", "device_name": name,
+               "triton": triton_note, "rounds": args.rounds}
+        sync = torch.cuda.synchronize if cuda else None
+        rec["ours_s"] = rec["ours_median_s"] = rec["ratio"] = rec["agree"] = None
         if run_triton:
-            rec["ours_s"] = timed(tri_fn, args.reps, cuda)
-            rec["ratio"] = rec["baseline_s"] / rec["ours_s"]
+            ours, base = h.interleave(tri_fn, ref_fn, rounds=args.rounds, warmup=args.warmup, sync=sync)
+            rec["ours_s"], rec["ours_median_s"] = ours.min, ours.median
+            rec["ratio"] = base.min / ours.min
+        else:
+            base = h.repeat(ref_fn, rounds=args.rounds, warmup=args.warmup, sync=sync)
+        rec["baseline_s"], rec["baseline_median_s"] = base.min, base.median
+        if run_triton:
             err = max_rel_err(tri_fn(), ref_fn())
             rec["max_rel_err"] = err
             rec["tolerance"] = tol
@@ -190,6 +180,7 @@ def main() -> None:
         "baseline": "plain-torch references (zoo.kernels.*_torch)",
         "ours_s": ours_total,
         "baseline_s": base_total,
+        "rounds": args.rounds,
         "ratio": base_total / ours_total if ours_total else None,
         "agree": all(r["agree"] for r in lines) if run_triton else None,
         "device": "cuda" if cuda else "cpu",
