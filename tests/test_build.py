@@ -164,8 +164,7 @@ def test_calibration_measures_three_terms_and_estimates_use_them(tmp_path, monke
     from zoo.spec import load_spec
 
     monkeypatch.setattr(cost, "_calibration_paths", lambda: [tmp_path / "calibration.json"])
-    monkeypatch.setattr(cost, "CALIBRATION_FAMILIES", {"mlp": cost.CALIBRATION_FAMILIES["mlp"]})
-    c = cost.calibrate("cpu", steps=2, models=2, budget=0.2)["mlp"]
+    c = cost.calibrate("cpu", steps=2, models=2, budget=0.2, families=["mlp"])["mlp"]
     assert c["train_flops_per_s"] > 0 and c["eval_flops_per_s"] > 0 and c["step_s"] >= 0
     assert json.loads((tmp_path / "calibration.json").read_text())["cpu"]["mlp"] == c
     spec = load_spec("smoke")

@@ -77,6 +77,8 @@ ARCHS = {  # name -> (builder, probe input)
                                 patch_size=4), lambda: torch.randn(8, 1, 8, 8)),
     "gpt": (lambda: build_model("gpt", vocab_size=11, block_size=5, out_dim=3, width=16, depth=2, heads=2),
             lambda: torch.randint(0, 11, (8, 5))),
+    "mixer": (lambda: build_model("mixer", in_channels=1, image_size=8, out_dim=3, width=8, depth=2, patch_size=2),
+              lambda: torch.randn(8, 1, 8, 8)),
 }
 
 
@@ -226,7 +228,7 @@ def test_apply_permutation_preserves_function(arch):
         assert (model(x) - y).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("arch", ["residual", "vit", "gpt"])
+@pytest.mark.parametrize("arch", ["residual", "vit", "gpt", "mixer"])
 def test_apply_permutation_stacked_equals_one_by_one_and_inverts(arch):
     build, probe = ARCHS[arch]
     models = [_random_model(build, s) for s in range(3)]
@@ -300,6 +302,8 @@ def test_weight_matching_two_hidden_layers_vs_joint_brute_force():
             assert j >= best_single - 1e-9
 
 
+# not "mixer": coordinate descent stalls below the planted optimum on some random Mixers (its stream
+# couples to the channel-mixing units only); test_family_registry measures how often it recovers
 @pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "cnn_flatten", "residual", "vit", "gpt"])
 def test_weight_matching_recovers_planted_permutation(arch):
     build, _ = ARCHS[arch]
@@ -382,7 +386,7 @@ def test_weight_matching_objective_at_least_rebasin(trained_mlps):
 
 # ---------------------------------------------------------------- activation matching
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "residual", "vit", "gpt"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn_bn", "residual", "vit", "gpt", "mixer"])
 def test_activation_matching_recovers_planted_permutation(arch):
     build, probe = ARCHS[arch]
     model = _random_model(build, 4)

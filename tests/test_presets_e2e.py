@@ -27,6 +27,8 @@ CASES = {  # preset -> (task kind, overrides making it small)
     "vit-digits": ("classification", ["task.n_train=200", "task.n_test=100", "train.batch_size=32",
                                       "phase.axes=[{key='arch.width',values=[8]},{key='train.lr',values=[0.001,0.003]}]"]),
     "cnn-smoke": ("classification", ["train.steps=20"]),
+    "mixer-digits": ("classification", ["task.n_train=200", "task.n_test=100", "train.batch_size=32",
+                                        "phase.axes=[{key='arch.width',values=[8]},{key='train.lr',values=[0.003,0.01]}]"]),
 }
 
 

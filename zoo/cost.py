@@ -22,21 +22,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .generators.architectures import build_for_task
+from .generators.architectures import FAMILIES, build_for_task
 from .generators.sampling import plan_models
-from .generators.tasks import default_data_root, task_shape
-
-CALIBRATION_FAMILIES = {  # family: (task, arch fields) of a representative small model
-    "mlp": ("mnist1d", {"width": 64, "depth": 2, "activation": "relu"}),
-    "pinn": ("convection", {"width": 32, "depth": 3, "activation": "tanh"}),
-    "cnn": ("mnist1d", {"width": 16, "depth": 2, "activation": "relu"}),
-    "cnn_s": ("mnist", {"width": 8, "activation": "tanh"}),
-    "cnn_l": ("cifar10", {"width": 16, "activation": "relu"}),
-    "resnet18": ("cifar10", {"width": 4}),
-    "resnet50": ("cifar10", {"width": 2}),
-    "vit": ("digits", {"width": 32, "depth": 2, "heads": 2, "patch_size": 4}),
-    "gpt": ("modular", {"width": 64, "depth": 1, "heads": 4}),
-}
+from .generators.tasks import default_data_root, task_kind, task_shape
 
 
 def _example_input(shape, vocab):
@@ -152,23 +140,26 @@ def _per_unit(seconds, n: int, budget: float, cap: int = 50, repeats: int = 2) -
     return max(best(n + extra) - short, 1e-9) / extra
 
 
-def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: float = 8.0) -> dict[str, dict]:
-    """Measure, per family on ``device`` (``models`` models, about 2 x ``budget`` seconds per term):
+def calibrate(device: str = "cpu", steps: int = 4, models: int = 16, budget: float = 8.0,
+              families: list[str] | None = None) -> dict[str, dict]:
+    """Measure, per family (all, or ``families``) on ``device`` (``models`` models, about 2 x
+    ``budget`` seconds per term), on the family's calibration sample (``Family.calibration``):
     training FLOP/s at batch 64, the fixed per-step cost (steps at batch 1, minus their FLOPs at
     that rate) and the FLOP/s of checkpoint evaluation; store them in the user cache."""
     from .generators.population import Member
     from .generators.tasks import TaskData
 
     table = {}
-    for family, (task, arch) in CALIBRATION_FAMILIES.items():
+    for family in families or list(FAMILIES):
+        task, arch = FAMILIES[family].calibration
         config = {"arch.family": family, **{f"arch.{k}": v for k, v in arch.items()}, "task.name": task,
                   "task.modulus": 97, "task.input_dim": 16}
         shape, n_out, vocab = task_shape(config)
         build, adapt = build_for_task(config, shape, n_out, vocab)
         n = 256
         x = (torch.randint(0, vocab, (n, *shape)) if vocab else torch.randn(n, *shape)).numpy()
-        y = np.random.default_rng(0).integers(0, n_out, n) if task != "convection" else np.zeros(n, np.float32)
-        kind = "pinn" if task == "convection" else "classification"
+        kind = task_kind(task)
+        y = np.random.default_rng(0).integers(0, n_out, n) if kind == "classification" else np.zeros(n, np.float32)
         extras = {"beta": 1.0, "ic_points": np.zeros((16, 2), np.float32),
                   "bc_times": np.zeros(8, np.float32)} if kind == "pinn" else {}
         xa = np.asarray(adapt(torch.as_tensor(x)))

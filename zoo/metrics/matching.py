@@ -9,9 +9,9 @@ al. 2022). This module holds:
   (git-re-basin's ``perm_to_axes`` / ``axes_to_perm``), derived automatically by ``torch.fx``
   tracing (``permutation_spec``): Linear/Conv outputs open a new permutation, BatchNorm and
   elementwise ops and pooling carry it, an ``add`` (residual) joins the permutations of its inputs
-  (union-find), model inputs and outputs are never permuted. The zoo's ViT/GPT, whose attention
-  reshapes features into heads, get a declared spec checked against the model instead (residual
-  stream, MLP units, whole attention heads).
+  (union-find), model inputs and outputs are never permuted. A family whose models the tracer
+  cannot follow (the zoo's ViT/GPT reshape features into heads, its Mixer transposes tokens)
+  declares its spec beside its builder (``Family.permutation``), checked against the model here.
 - ``apply_permutation`` / ``apply_permutation_stacked``: permute one or M stacked models.
 - ``weight_matching``: coordinate descent over permutations with one linear assignment per step,
   batched over many (A, B) pairs of a population.
@@ -35,6 +35,7 @@ from torch import fx, nn
 from torch.func import functional_call, vmap
 
 from ..functional import population_forward
+from ..generators.architectures import declared_permutation
 
 Tensor = torch.Tensor
 
@@ -281,7 +282,7 @@ def _trace(model: nn.Module) -> _Trace:
     return _Trace(gm, spec, node_perm, activations)
 
 
-# ---------------------------------------------------------------- declared specs (transformers)
+# ---------------------------------------------------------------- declared specs (ViT, GPT, Mixer)
 
 @dataclass
 class _Declared:
@@ -289,72 +290,21 @@ class _Declared:
     probes: dict[str, list[tuple[str, bool]]]  # perm -> (module, record its input, not output)
 
 
-def _is_declared_family(model: nn.Module) -> bool:
-    """Exactly the zoo's ViT/GPT (a subclass may change forward): their attention reshapes heads,
-    which the tracer does not follow, so their symmetries are declared and checked instead. Raises
-    if a block is not the declared one."""
-    from ..generators.architectures.transformer import GPT, Attention, Block, ViT
-
-    if type(model) not in (ViT, GPT):
-        return False
-    for blk in model.blocks:
-        mlp = getattr(blk, "mlp", None)
-        if (type(blk) is not Block or type(blk.attn) is not Attention or not isinstance(mlp, nn.Sequential)
-                or len(mlp) != 3 or not isinstance(mlp[1], _ACTIVATION_MODULES)):
-            raise ValueError(f"permutation_spec: {type(model).__name__} block {type(blk).__name__} is not the "
-                             "declared pre-LN Block(Attention, Linear-activation-Linear MLP)")
-    return True
-
-
-def _transformer_uses(model: nn.Module) -> tuple[list[tuple[str, int, tuple[int, int], str, int]],
-                                                 dict[str, list[tuple[str, bool]]]]:
-    """(perm, size, block, tensor, axis) per permuted axis, and activation probes, of a ViT/GPT.
-
-    One permutation of the residual stream (LayerNorm is equivariant to it, its affine parameters
-    follow it), and per block one of the MLP hidden units and one of the attention heads, which
-    moves whole heads (d_head entries) in each of the q, k, v segments of qkv's output and in
-    proj's input. All three leave the function unchanged.
-    """
-    width = model.ln.normalized_shape[0]
-    stream = "P_patch" if hasattr(model, "patch") else "P_tok"
-    uses = []
-
-    def add(p: str, n: int, block: tuple[int, int], *names_axes: tuple[str, int]):
-        uses.extend((p, n, block, name, axis) for name, axis in names_axes)
-
-    if stream == "P_patch":
-        add(stream, width, (1, 1), ("patch.weight", 0), ("patch.bias", 0), ("cls", 2))
-    else:
-        add(stream, width, (1, 1), ("tok.weight", 1))
-    add(stream, width, (1, 1), ("pos", 2), ("ln.weight", 0), ("ln.bias", 0), ("head.weight", 1))
-    probes: dict[str, list[tuple[str, bool]]] = {stream: []}
-    for i, blk in enumerate(model.blocks):
-        b, heads, hidden = f"blocks.{i}", blk.attn.heads, blk.mlp[0].out_features
-        add(stream, width, (1, 1), *[(f"{b}.{ln}.{role}", 0) for ln in ("ln1", "ln2") for role in ("weight", "bias")],
-            (f"{b}.attn.qkv.weight", 1), (f"{b}.attn.proj.weight", 0), (f"{b}.attn.proj.bias", 0),
-            (f"{b}.mlp.0.weight", 1), (f"{b}.mlp.2.weight", 0), (f"{b}.mlp.2.bias", 0))
-        add(f"P_{b}.attn.qkv", heads, (3, width // heads), (f"{b}.attn.qkv.weight", 0), (f"{b}.attn.qkv.bias", 0))
-        add(f"P_{b}.attn.qkv", heads, (1, width // heads), (f"{b}.attn.proj.weight", 1))
-        add(f"P_{b}.mlp.0", hidden, (1, 1), (f"{b}.mlp.0.weight", 0), (f"{b}.mlp.0.bias", 0), (f"{b}.mlp.2.weight", 1))
-        probes[stream].append((b, False))
-        probes[f"P_{b}.attn.qkv"] = [(f"{b}.attn.proj", True)]
-        probes[f"P_{b}.mlp.0"] = [(f"{b}.mlp.1", False)]
-    return uses, probes
-
-
 def _declared(model: nn.Module) -> _Declared | None:
-    """The declared spec of a ViT/GPT, checked against the model: every axis it names exists with
-    R * n * S entries, and every floating-point tensor but the output bias is permuted somewhere
-    (a parameter the declaration does not know about would otherwise break the symmetry silently)."""
-    if not _is_declared_family(model):
+    """The spec a family declares for ``model`` (``Family.permutation``: the zoo's ViT, GPT and
+    Mixer, whose heads or transposed tokens the tracer does not follow), checked against the model:
+    every axis it names exists with R * n * S entries, and every floating-point tensor is permuted
+    somewhere or declared fixed (a parameter the declaration does not know about would otherwise
+    break the symmetry silently). None for a model no family declares: it is traced."""
+    declared = declared_permutation(model)
+    if declared is None:
         return None
-    uses, probes = _transformer_uses(model)
     state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
     axes: dict[str, list[str | None]] = {k: [None] * v.dim() for k, v in state.items()}
     perm_to_axes: dict[str, list[tuple[str, int]]] = {}
     sizes: dict[str, int] = {}
     blocks: dict[tuple[str, int], tuple[int, int]] = {}
-    for p, n, (r, s), name, axis in uses:
+    for p, n, name, axis, (r, s) in declared.axes:
         if name not in state or state[name].dim() <= axis or state[name].shape[axis] != r * n * s:
             raise ValueError(f"permutation_spec: declared axis {axis} of {name} ({r} x {n} x {s}) does not "
                              f"match the model ({tuple(state[name].shape) if name in state else 'missing'})")
@@ -363,10 +313,11 @@ def _declared(model: nn.Module) -> _Declared | None:
         sizes[p] = n
         if (r, s) != (1, 1):
             blocks[(name, axis)] = (r, s)
-    missed = [k for k, v in axes.items() if not any(v) and k != "head.bias"]
+    missed = [k for k, v in axes.items() if not any(v) and k not in declared.fixed]
     if missed:
         raise ValueError(f"permutation_spec: the declared {type(model).__name__} spec does not cover {missed}")
-    return _Declared(PermutationSpec(perm_to_axes, {k: tuple(v) for k, v in axes.items()}, sizes, blocks), probes)
+    return _Declared(PermutationSpec(perm_to_axes, {k: tuple(v) for k, v in axes.items()}, sizes, blocks),
+                     declared.probes)
 
 
 def permutation_spec(model: nn.Module) -> PermutationSpec:
@@ -380,9 +331,11 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     Raises ValueError (one line, naming the fx node) on anything else (grouped convs,
     attention, get_attr, view/reshape).
 
-    The zoo's transformers (``ViT``, ``GPT``) are the exception: their spec is declared and checked
-    against the model (``_declared``): the residual stream, each block's MLP hidden units and each
-    block's attention heads (whole heads, ``spec.blocks`` (3, d_head) on qkv, (1, d_head) on proj).
+    Families the tracer cannot follow are the exception: their spec is declared beside their
+    builder (``Family.permutation``) and checked against the model (``_declared``). ViT/GPT: the
+    residual stream, each block's MLP hidden units and each block's attention heads (whole heads,
+    ``spec.blocks`` (3, d_head) on qkv, (1, d_head) on proj); Mixer: the channel stream and each
+    block's token- and channel-mixing hidden units.
     """
     declared = _declared(model)
     return declared.spec if declared is not None else _trace(model).spec
@@ -554,9 +507,10 @@ def hidden_features(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
     whose d_head outputs are all recorded). For fx-traced models the recorded nodes are the
     activation outputs whose feature axis p permutes (each spatial position a sample: N = B *
     spatial size, several nodes of one residual stream concatenated along N); a permutation with
-    no activation uses the last node it permutes. For ViT/GPT: the block outputs (residual
-    stream), the MLP activations and the attention output entering proj (heads), each token a
-    sample. Runs in the model's current mode (use eval for BatchNorm); ``buffers`` are not modified.
+    no activation uses the last node it permutes. For a declared family the modules its
+    declaration names (ViT/GPT: the block outputs (residual stream), the MLP activations and the
+    attention output entering proj (heads), each token a sample). Runs in the model's current
+    mode (use eval for BatchNorm); ``buffers`` are not modified.
     """
     declared = _declared(model)
     if declared is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .dropout import dropout_layers, sequential
+from .family import Calibration, Family
 from .mlp import ACTIVATIONS
 
 
@@ -40,3 +41,28 @@ def build(cfg: CNNConfig) -> nn.Sequential:
         c = cfg.width
     layers += [gap, nn.Flatten(), nn.Linear(c, cfg.out_dim)]
     return sequential(layers)
+
+
+def _task_kwargs(input_shape: tuple[int, ...], n_out: int, vocab_size: int | None) -> dict:
+    """Signals [L] or [C, L] are 1-D (one channel if none), images [C, H, W] 2-D."""
+    return {"in_channels": 1 if len(input_shape) == 1 else input_shape[0], "out_dim": n_out,
+            "spatial_dims": 1 if len(input_shape) <= 2 else 2}
+
+
+def _input_adapter(input_shape: tuple[int, ...]):
+    if len(input_shape) == 1:  # a signal gets its channel axis
+        return lambda x: x.reshape(x.shape[0], 1, *input_shape)
+    return lambda x: x
+
+
+def _accepts(task: str, input_shape: tuple[int, ...], kind: str, vocab_size: int | None) -> str | None:
+    if vocab_size is not None:
+        return f"convolves real-valued signals or images, not the tokens of task {task}"
+    if kind == "pinn":
+        return f"convolves signals or images, not the collocation points of the PDE task {task}"
+    return None
+
+
+CNN = Family("cnn", CNNConfig, build, ("width", "depth", "activation", "dropout"), _task_kwargs, _accepts,
+             calibration=Calibration("mnist1d", {"width": 16, "depth": 2, "activation": "relu"}),
+             input_adapter=_input_adapter, shape_probe=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .dropout import SeededDropout, dropout_layers, sequential
+from .family import Calibration, Family, image_kwargs, needs_image
 from .mlp import ACTIVATIONS
 
 VARIANTS = {  # reference channels, kernel sizes, convs followed by a pool; width rescales channels
@@ -64,3 +65,9 @@ def build_s(cfg: ZooCNNConfig) -> nn.Sequential:
 def build_l(cfg: ZooCNNConfig) -> nn.Sequential:
     cfg.variant = "l"
     return build(cfg)
+
+
+CNN_S = Family("cnn_s", ZooCNNConfig, build_s, ("width", "activation", "dropout"), image_kwargs, needs_image,
+               calibration=Calibration("mnist", {"width": 8, "activation": "tanh"}))
+CNN_L = Family("cnn_l", ZooCNNConfig, build_l, ("width", "activation", "dropout"), image_kwargs, needs_image,
+               calibration=Calibration("cifar10", {"width": 16, "activation": "relu"}))

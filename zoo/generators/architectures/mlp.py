@@ -1,4 +1,5 @@
-"""Multi-layer perceptron: the default zoo's architecture (width is the capacity axis)."""
+"""Multi-layer perceptron: the default zoo's architecture (width is the capacity axis), and the
+PINN of the convection zoo (the same network without dropout)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .dropout import dropout_layers, sequential
+from .family import Calibration, Family, flattened, takes_anything, vector_kwargs
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU}
@@ -31,3 +33,19 @@ def build(cfg: MLPConfig) -> nn.Sequential:
         d = cfg.width
     layers.append(nn.Linear(d, cfg.out_dim))
     return sequential(layers)
+
+
+def _takes_real_inputs(task: str, input_shape: tuple[int, ...], kind: str, vocab_size: int | None) -> str | None:
+    if vocab_size is not None:
+        return f"takes real-valued inputs, not the tokens of task {task}"
+    return None
+
+
+MLP = Family("mlp", MLPConfig, build, ("width", "depth", "activation", "dropout"), vector_kwargs,
+             accepts=takes_anything,  # any task: tokens are read as numbers
+             calibration=Calibration("mnist1d", {"width": 64, "depth": 2, "activation": "relu"}),
+             input_adapter=flattened)
+PINN = Family("pinn", MLPConfig, build, ("width", "depth", "activation"), vector_kwargs,
+              accepts=_takes_real_inputs,
+              calibration=Calibration("convection", {"width": 32, "depth": 3, "activation": "tanh"}),
+              input_adapter=flattened)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .family import Calibration, Family, needs_image
+
 
 @dataclass
 class ResNetConfig:
@@ -84,3 +86,15 @@ def build(cfg: ResNetConfig) -> ResNet:
     if cfg.depth not in (18, 50):
         raise ValueError(f"ResNet depth must be 18 or 50, got {cfg.depth}")
     return ResNet(cfg)
+
+
+def _task_kwargs(input_shape: tuple[int, ...], n_out: int, vocab_size: int | None) -> dict:
+    if len(input_shape) != 3:
+        raise ValueError(f"needs image inputs (C, H, W), got samples of shape {input_shape}")
+    return {"in_channels": input_shape[0], "out_dim": n_out}
+
+
+RESNET18 = Family("resnet18", ResNetConfig, build, ("width",), _task_kwargs, needs_image,
+                  calibration=Calibration("cifar10", {"width": 4}), extra={"depth": 18})
+RESNET50 = Family("resnet50", ResNetConfig, build, ("width",), _task_kwargs, needs_image,
+                  calibration=Calibration("cifar10", {"width": 2}), extra={"depth": 50})

@@ -2,6 +2,8 @@
 
 Attention is written with plain matmuls and softmax so it runs under ``vmap`` over a
 population; ``width`` is the embedding size (the capacity axis), ``depth`` the number of blocks.
+Their permutation symmetries are declared (``declared_permutation``): attention reshapes features
+into heads, which the ``torch.fx`` tracer of ``metrics.matching`` does not follow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .family import (
+    Calibration,
+    DeclaredPermutation,
+    Family,
+    PermutedAxis,
+    heads_divide_width,
+    image_kwargs,
+    needs_image,
+)
+from .mlp import ACTIVATIONS
 
 
 class Attention(nn.Module):
@@ -110,3 +123,66 @@ def build_vit(cfg: ViTConfig) -> ViT:
 
 def build_gpt(cfg: GPTConfig) -> GPT:
     return GPT(cfg)
+
+
+def declared_permutation(model: nn.Module) -> DeclaredPermutation | None:
+    """The symmetries of exactly the zoo's ViT/GPT (None for any other model, a subclass included:
+    it may change forward): one permutation of the residual stream (LayerNorm is equivariant to it,
+    its affine parameters follow it), and per block one of the MLP hidden units and one of the
+    attention heads, which moves whole heads (d_head entries) in each of the q, k, v segments of
+    qkv's output and in proj's input. All three leave the function unchanged. Probes: the block
+    outputs (stream), the MLP activations and the attention output entering proj (heads), each
+    token a sample. Raises if a block is not the declared one."""
+    if type(model) not in (ViT, GPT):
+        return None
+    for blk in model.blocks:
+        mlp = getattr(blk, "mlp", None)
+        if (type(blk) is not Block or type(blk.attn) is not Attention or not isinstance(mlp, nn.Sequential)
+                or len(mlp) != 3 or type(mlp[1]) not in ACTIVATIONS.values()):
+            raise ValueError(f"permutation_spec: {type(model).__name__} block {type(blk).__name__} is not the "
+                             "declared pre-LN Block(Attention, Linear-activation-Linear MLP)")
+    width = model.ln.normalized_shape[0]
+    stream = "P_patch" if isinstance(model, ViT) else "P_tok"
+    axes: list[PermutedAxis] = []
+
+    def add(p: str, n: int, block: tuple[int, int], *names_axes: tuple[str, int]):
+        axes.extend(PermutedAxis(p, n, name, axis, block) for name, axis in names_axes)
+
+    if stream == "P_patch":
+        add(stream, width, (1, 1), ("patch.weight", 0), ("patch.bias", 0), ("cls", 2))
+    else:
+        add(stream, width, (1, 1), ("tok.weight", 1))
+    add(stream, width, (1, 1), ("pos", 2), ("ln.weight", 0), ("ln.bias", 0), ("head.weight", 1))
+    probes: dict[str, list[tuple[str, bool]]] = {stream: []}
+    for i, blk in enumerate(model.blocks):
+        b, heads, hidden = f"blocks.{i}", blk.attn.heads, blk.mlp[0].out_features
+        add(stream, width, (1, 1), *[(f"{b}.{ln}.{role}", 0) for ln in ("ln1", "ln2") for role in ("weight", "bias")],
+            (f"{b}.attn.qkv.weight", 1), (f"{b}.attn.proj.weight", 0), (f"{b}.attn.proj.bias", 0),
+            (f"{b}.mlp.0.weight", 1), (f"{b}.mlp.2.weight", 0), (f"{b}.mlp.2.bias", 0))
+        add(f"P_{b}.attn.qkv", heads, (3, width // heads), (f"{b}.attn.qkv.weight", 0), (f"{b}.attn.qkv.bias", 0))
+        add(f"P_{b}.attn.qkv", heads, (1, width // heads), (f"{b}.attn.proj.weight", 1))
+        add(f"P_{b}.mlp.0", hidden, (1, 1), (f"{b}.mlp.0.weight", 0), (f"{b}.mlp.0.bias", 0), (f"{b}.mlp.2.weight", 1))
+        probes[stream].append((b, False))
+        probes[f"P_{b}.attn.qkv"] = [(f"{b}.attn.proj", True)]
+        probes[f"P_{b}.mlp.0"] = [(f"{b}.mlp.1", False)]
+    return DeclaredPermutation(axes, probes)
+
+
+def _gpt_kwargs(input_shape: tuple[int, ...], n_out: int, vocab_size: int | None) -> dict:
+    if vocab_size is None:
+        raise ValueError("needs a token task (e.g. modular arithmetic)")
+    return {"vocab_size": vocab_size, "block_size": input_shape[0], "out_dim": n_out}
+
+
+def _needs_tokens(task: str, input_shape: tuple[int, ...], kind: str, vocab_size: int | None) -> str | None:
+    if vocab_size is None:
+        return f"needs a token task (task.name=modular), not {task}"
+    return None
+
+
+VIT_FAMILY = Family("vit", ViTConfig, build_vit, ("width", "depth", "heads", "patch_size"), image_kwargs, needs_image,
+                    calibration=Calibration("digits", {"width": 32, "depth": 2, "heads": 2, "patch_size": 4}),
+                    check=heads_divide_width, permutation=declared_permutation)
+GPT_FAMILY = Family("gpt", GPTConfig, build_gpt, ("width", "depth", "heads"), _gpt_kwargs, _needs_tokens,
+                    calibration=Calibration("modular", {"width": 64, "depth": 1, "heads": 4}),
+                    check=heads_divide_width, permutation=declared_permutation)

@@ -29,6 +29,15 @@ TASK_SHAPES = {
 }
 
 
+# Kind of each task that is not classification (what its loss and metrics are), known without loading it.
+TASK_KINDS = {"teacher_student": "regression", "convection": "pinn"}
+
+
+def task_kind(name: str) -> str:
+    """classification | regression | pinn: the ``TaskData.kind`` of the task ``name``."""
+    return TASK_KINDS.get(name, "classification")
+
+
 def task_shape(task: dict) -> tuple[tuple[int, ...], int, int | None]:
     """(sample shape, outputs, vocabulary) of the task of a flat config (``task.name`` ...)."""
     name = task["task.name"]
@@ -65,5 +74,5 @@ def task_record(data: TaskData) -> dict:
             "n_outputs": int(data.n_classes), "vocab_size": data.extras.get("vocab_size")}
 
 
-__all__ = ["TASKS", "TASK_OPTIONS", "TASK_SHAPES", "DatasetMissing", "TaskData", "default_data_root", "load_task",
-           "load_task_section", "task_record", "task_shape"]
+__all__ = ["TASKS", "TASK_KINDS", "TASK_OPTIONS", "TASK_SHAPES", "DatasetMissing", "TaskData", "default_data_root",
+           "load_task", "load_task_section", "task_kind", "task_record", "task_shape"]
