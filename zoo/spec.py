@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
+import reprlib
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,6 @@ from .errors import SpecError  # re-exported: callers import it from here
 TASKS = ("mnist1d", "digits", "modular", "teacher_student", "convection",
          "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
 CLASSIFICATION_TASKS = tuple(t for t in TASKS if t not in ("teacher_student", "convection"))
-FAMILIES = ("mlp", "pinn", "cnn", "cnn_s", "cnn_l", "resnet18", "resnet50", "vit", "gpt")
 OPERATIONS = ("add", "sub", "mul", "div")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("sgd", "adam")
@@ -61,7 +62,7 @@ class ArchSpec:
     depth: int = 2
     activation: str = "relu"
     init: str = "default"  # weight init of conv/linear layers (the Model Zoos' init axis)
-    dropout: float = 0.0  # after each hidden activation (mlp, cnn, cnn_s, cnn_l; the Model Zoos' dropout axis)
+    dropout: float = 0.0  # after each hidden activation (families that take it; the Model Zoos' dropout axis)
     heads: int = 4  # transformers
     patch_size: int = 4  # ViT
 
@@ -191,11 +192,80 @@ def spec_identity(spec: ZooSpec) -> dict:
 
 # ---------------------------------------------------------------- loading and validation
 
+# Allowed values of the numeric fields: an interval, ends included "[ ]" or excluded "( )"; float
+# fields must also be finite. The upper bounds lie beyond any sane zoo: they keep every size
+# computable in Python ints before anything is allocated and refuse what would overflow later.
+RANGES = {
+    "task.n_train": "[1, 1e9]", "task.n_test": "[1, 1e9]", "task.train_fraction": "(0, 1]",
+    "task.label_noise": "[0, 1]", "task.data_seed": "[0, 4294967295]", "task.modulus": "[2, 1e5]",
+    "task.input_dim": "[1, 1e6]",
+    "arch.width": "[1, 1e6]", "arch.depth": "[1, 1000]", "arch.dropout": "[0, 1)", "arch.heads": "[1, 1e4]",
+    "arch.patch_size": "[1, 1e4]",
+    "train.steps": "[1, 1e9]", "train.epochs": "[0, 1e6]", "train.batch_size": "[1, 1e7]",
+    "train.lr": "(0, inf)", "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
+    "train.checkpoints": "[1, 1e5]",
+    "phase.budget": "[0, 1e9]", "phase.coarse_stride": "[1, 1000]",
+    "metrics.hessian_batches": "[1, 1e4]", "metrics.hessian_batch_size": "[1, 1e6]",
+    "metrics.hessian_max_iter": "[1, 1e6]", "metrics.hessian_tol": "(0, 1)", "metrics.hessian_top_k": "[1, 1000]",
+    "metrics.curve_points": "[3, 1e4]", "metrics.bezier_steps": "[-1, 1e7]", "metrics.bezier_budget": "(0, 100]",
+    "metrics.bezier_lr": "[0, inf)", "metrics.probe_size": "[1, 1e6]",
+    "metrics.thresholds.loss_fraction": "(0, inf)", "metrics.thresholds.sharp_quantile": "[0, 1]",
+    "metrics.thresholds.mc_tolerance": "[0, inf)", "metrics.thresholds.cka_high": "[0, 1]",
+    "build.max_population": "[1, 1e6]", "build.split_seed": "[0, 4294967295]",
+}
+
+
+def _family_names() -> tuple[str, ...]:
+    """The registered architecture families (asked when a spec is checked, so that importing this
+    module does not import torch)."""
+    from .generators.architectures import FAMILIES
+
+    return tuple(FAMILIES)
+
+
+CHOICES = {  # allowed values, or a function giving them
+    "task.name": TASKS, "task.operation": OPERATIONS, "arch.family": _family_names, "arch.activation": ACTIVATIONS,
+    "arch.init": INITS, "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "phase.sampler": SAMPLERS,
+    "metrics.thresholds.sharpness_metric": ("hessian.trace", "hessian.top_eig"),
+}
+MAX_SEED = 4294967295
+MAX_CELLS = 100_000  # of the phase grid (models = cells x seeds); validation checks every cell
+MAX_STEPS = 10**9  # also when train.epochs sets them
+TYPE_NAMES = {int: "an int", float: "a finite float", str: "a string", bool: "true or false", list: "a list",
+              dict: "a table"}
+
+
+def _show(value: Any) -> str:
+    """A value as an error line shows it: its repr, shortened."""
+    return reprlib.repr(value)
+
+
 def _check_type(where: str, value: Any, expected: type) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
-        raise SpecError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    """``value`` if it has the field's type (an int counts as a float), else SpecError."""
+    if expected is float and type(value) is int and abs(value) < 1e308:
+        value = float(value)
+    ok = isinstance(value, expected) and not (expected in (int, float) and isinstance(value, bool))
+    if not ok or expected is float and not math.isfinite(value):
+        raise SpecError(f"{where}: expected {TYPE_NAMES[expected]}, got {_show(value)}")
+    return value
+
+
+def _in(interval: str, value: float) -> bool:
+    low, high = (float(x) for x in interval[1:-1].split(", "))
+    return (low < value if interval[0] == "(" else low <= value) and \
+        (value < high if interval[-1] == ")" else value <= high)
+
+
+def _check_field(where: str, value: Any, expected: type) -> Any:
+    """Type, range (RANGES) and allowed values (CHOICES) of the field ``where``."""
+    value = _check_type(where, value, expected)
+    if where in RANGES and not _in(RANGES[where], value):
+        kind = "an int" if expected is int else "a float"
+        raise SpecError(f"{where}: expected {kind} in {RANGES[where]}, got {_show(value)}")
+    allowed = CHOICES.get(where)
+    allowed = allowed() if callable(allowed) else allowed  # arch.family: the registry's names
+    if allowed is not None and value not in allowed:
+        raise SpecError(f"{where}: expected one of {', '.join(allowed)}, got {_show(value)}")
     return value
 
 
@@ -206,8 +276,7 @@ def _field_types(cls) -> dict[str, type]:
 
 def _build_section(name: str, raw: Any):
     cls = SECTIONS[name]
-    if not isinstance(raw, dict):
-        raise SpecError(f"[{name}] must be a table, got {type(raw).__name__}")
+    _check_type(name, raw, dict)
     types = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
@@ -222,12 +291,14 @@ def _build_section(name: str, raw: Any):
 
 def _build_axes(raw: Any) -> list[Axis]:
     if not isinstance(raw, list):
-        raise SpecError("phase.axes must be a list of tables with key and values")
+        raise SpecError(f"phase.axes: expected a list of tables with key and values, got {_show(raw)}")
     axes = []
     for i, a in enumerate(raw):
+        where = f"phase.axes[{i}]"
         if not isinstance(a, dict) or set(a) - {"key", "values", "name"} or "key" not in a or "values" not in a:
-            raise SpecError(f"phase.axes[{i}] needs exactly: key, values (and optional name)")
-        axes.append(Axis(key=str(a["key"]), values=a["values"], name=str(a.get("name", ""))))
+            raise SpecError(f"{where}: expected a table of key, values (and optional name), got {_show(a)}")
+        axes.append(Axis(key=_check_type(f"{where}.key", a["key"], str), values=a["values"],
+                         name=_check_type(f"{where}.name", a.get("name", ""), str)))
     return axes
 
 
@@ -238,7 +309,8 @@ def spec_from_dict(raw: dict) -> ZooSpec:
     if unknown:
         raise SpecError(f"unknown section {sorted(unknown)[0]!r}; allowed: name, description, "
                         + ", ".join(SECTIONS))
-    spec = ZooSpec(name=str(raw.pop("name", "custom")), description=str(raw.pop("description", "")))
+    spec = ZooSpec(name=_check_type("name", raw.pop("name", "custom"), str),
+                   description=_check_type("description", raw.pop("description", ""), str))
     for section, value in raw.items():
         setattr(spec, section, _build_section(section, value))
     validate(spec)
@@ -247,62 +319,56 @@ def spec_from_dict(raw: dict) -> ZooSpec:
 
 def _choice(where: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise SpecError(f"{where}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        raise SpecError(f"{where}: expected one of {', '.join(allowed)}, got {_show(value)}")
 
 
 def _positive(where: str, value: Any) -> None:
     if value <= 0:
-        raise SpecError(f"{where} must be > 0, got {value!r}")
+        raise SpecError(f"{where}: expected a value > 0, got {_show(value)}")
 
 
-def _validate_values(spec: ZooSpec) -> None:
-    t, a, tr, b = spec.task, spec.arch, spec.train, spec.build
-    _choice("task.name", t.name, TASKS)
-    _choice("arch.family", a.family, FAMILIES)
-    _choice("arch.activation", a.activation, ACTIVATIONS)
-    _choice("task.operation", t.operation, OPERATIONS)
-    _choice("arch.init", a.init, INITS)
-    if tr.epochs < 0:
-        raise SpecError(f"train.epochs must be >= 0, got {tr.epochs!r}")
-    _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
-    _choice("train.schedule", tr.schedule, SCHEDULES)
-    _choice("phase.sampler", spec.phase.sampler, SAMPLERS)
-    _validate_metrics(spec.metrics)
-    if spec.phase.budget < 0 or spec.phase.coarse_stride < 1:
-        raise SpecError(f"phase.budget must be >= 0 and phase.coarse_stride >= 1, got "
-                        f"{spec.phase.budget!r}, {spec.phase.coarse_stride!r}")
-    for where, v in [("task.n_train", t.n_train), ("task.n_test", t.n_test), ("arch.width", a.width),
-                     ("arch.depth", a.depth), ("train.steps", tr.steps),
-                     ("train.batch_size", tr.batch_size), ("train.lr", tr.lr),
-                     ("train.checkpoints", tr.checkpoints), ("build.max_population", b.max_population)]:
-        _positive(where, v)
-    if not 0 < t.train_fraction <= 1:
-        raise SpecError(f"task.train_fraction must be in (0, 1], got {t.train_fraction!r}")
-    if not 0 <= t.label_noise <= 1:
-        raise SpecError(f"task.label_noise must be in [0, 1], got {t.label_noise!r}")
-    if not 0 <= a.dropout < 1:
-        raise SpecError(f"arch.dropout must be in [0, 1), got {a.dropout!r}")
-    if not 0 <= tr.momentum < 1:
-        raise SpecError(f"train.momentum must be in [0, 1), got {tr.momentum!r}")
-    if tr.weight_decay < 0:
-        raise SpecError(f"train.weight_decay must be >= 0, got {tr.weight_decay!r}")
-    if tr.checkpoints > tr.steps:
-        raise SpecError(f"train.checkpoints ({tr.checkpoints}) cannot exceed train.steps ({tr.steps})")
-    limits = {"mnist1d": 5000, "digits": 1797, "modular": t.modulus * t.modulus}
+def _validate_fields(spec: ZooSpec) -> None:
+    """Type, range and allowed values of every field (of a spec made in code too)."""
+    for section, cls in SECTIONS.items():
+        for name, expected in _field_types(cls).items():
+            _check_field(f"{section}.{name}", getattr(getattr(spec, section), name), expected)
+    split = spec.build.split
+    if len(split) != 3 or abs(sum(x for x in split if type(x) in (int, float)) - 1) > 1e-6 or not all(
+            (type(x) is int or type(x) is float and math.isfinite(x)) and x >= 0 for x in split):
+        raise SpecError(f"build.split: expected three fractions >= 0 (train, val, test) summing to 1, "
+                        f"got {_show(split)}")
+
+
+def _validate_cell(spec: ZooSpec) -> None:
+    """The rules between fields, on one cell of the grid (the spec with one value of every axis)."""
+    t, tr = spec.task, spec.train
+    steps = math.ceil(tr.epochs * t.n_train / tr.batch_size) if tr.epochs > 0 else tr.steps
+    if steps > MAX_STEPS:
+        raise SpecError(f"train.epochs: expected at most {MAX_STEPS:,} steps, got {tr.epochs:g} epochs of "
+                        f"{t.n_train} samples at train.batch_size {tr.batch_size} = {steps:,} steps")
+    if tr.checkpoints > steps:
+        raise SpecError(f"train.checkpoints: expected at most train.steps ({steps}), got {tr.checkpoints}")
+    pairs = t.modulus * (t.modulus - 1 if t.operation == "div" else t.modulus)  # b = 0 has no inverse
+    limits = {"mnist1d": 5000, "digits": 1797, "modular": pairs}
     if t.name in limits and t.n_train + t.n_test > limits[t.name]:
-        raise SpecError(f"task.n_train + task.n_test must be <= {limits[t.name]} for {t.name}")
+        raise SpecError(f"task.n_train + task.n_test: expected at most {limits[t.name]} for {t.name}, "
+                        f"got {t.n_train + t.n_test}")
     if t.label_noise > 0 and t.name not in CLASSIFICATION_TASKS:
-        raise SpecError(f"task.label_noise applies to classification tasks only, not {t.name}")
-    for where, v in [("task.modulus", t.modulus), ("task.input_dim", t.input_dim), ("arch.heads", a.heads),
-                     ("arch.patch_size", a.patch_size)]:
-        _positive(where, v)
-    _check_arch_fits_task(spec)
+        raise SpecError(f"task.label_noise: expected 0 for {t.name} (classification tasks only), "
+                        f"got {t.label_noise!r}")
     if tr.batch_size > t.n_train * t.train_fraction:
-        raise SpecError(f"train.batch_size ({tr.batch_size}) exceeds the training samples a model "
-                        f"sees ({int(t.n_train * t.train_fraction)})")
-    if len(b.split) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in b.split) \
-            or abs(sum(b.split) - 1) > 1e-6:
-        raise SpecError(f"build.split must be three non-negative fractions summing to 1, got {b.split!r}")
+        raise SpecError(f"train.batch_size: expected at most the {int(t.n_train * t.train_fraction)} training "
+                        f"samples a model sees, got {tr.batch_size}")
+    _check_arch_fits_task(spec)
+
+
+def _cell(spec: ZooSpec, values: dict) -> ZooSpec:
+    """``spec`` with the dotted task/arch/train fields of ``values`` set: one cell of the grid."""
+    parts = {s: copy.copy(getattr(spec, s)) for s in ("task", "arch", "train")}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        setattr(parts[section], name, value)
+    return replace(spec, **parts)
 
 
 def _validate_metrics(m: MetricsSpec) -> None:
@@ -327,42 +393,55 @@ def _validate_metrics(m: MetricsSpec) -> None:
         return
     from .metrics.phases import PhaseThresholds  # the rule's own fields are the allowed keys
 
-    allowed = [f.name for f in fields(PhaseThresholds)]
-    for key in m.thresholds:
+    allowed = _field_types(PhaseThresholds)
+    for key, value in m.thresholds.items():
         if key not in allowed:
-            raise SpecError(f"metrics.thresholds.{key} is not a phase threshold; allowed: {', '.join(allowed)}")
+            raise SpecError(f"metrics.thresholds.{key}: expected one of the phase thresholds "
+                            f"{', '.join(allowed)}")
+        _check_field(f"metrics.thresholds.{key}", value, allowed[key])
 
 
 def _check_arch_fits_task(spec: ZooSpec) -> None:
-    t, a = spec.task, spec.arch
-    image = t.name in ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
-    if a.family == "gpt" and t.name != "modular":
-        raise SpecError(f"arch.family=gpt needs a token task (task.name=modular), not {t.name}")
-    if t.name == "modular" and a.family not in ("gpt", "mlp"):
-        raise SpecError(f"task modular takes arch.family gpt or mlp, not {a.family}")
-    if a.family in ("cnn_s", "cnn_l", "resnet18", "resnet50", "vit") and not image:
-        raise SpecError(f"arch.family={a.family} needs an image task (digits, mnist, cifar10, ...), not {t.name}")
-    if a.family in ("vit", "gpt") and a.width % a.heads:
-        raise SpecError(f"arch.width ({a.width}) must be divisible by arch.heads ({a.heads})")
-    if t.name == "convection" and a.family not in ("pinn", "mlp"):
-        raise SpecError(f"task convection takes arch.family pinn or mlp, not {a.family}")
-    if a.dropout > 0:
-        from .generators.architectures import FAMILIES as BUILDERS  # each family declares its fields
+    """The family's own rules (``Family.accepts`` the task, ``Family.check`` its fields, dropout),
+    then the model built on the meta device takes the task's samples."""
+    from .generators.architectures import FAMILIES, check_fits
+    from .generators.tasks import task_kind, task_shape
 
-        takes = [f for f in FAMILIES if "dropout" in BUILDERS[f][2]]
-        if a.family not in takes:
-            raise SpecError(f"arch.dropout applies to arch.family {', '.join(takes)}, not {a.family}")
+    t, a = spec.task, spec.arch
+    family = FAMILIES[a.family]
+    config = {"task.name": t.name, "task.modulus": t.modulus, "task.input_dim": t.input_dim,
+              "arch.family": a.family, **{f"arch.{k}": getattr(a, k) for k in family.fields}}
+    shape = task_shape(config)
+    task = (t.name, shape[0], task_kind(t.name), shape[2])
+    reason = family.accepts(*task)
+    if reason:
+        takers = [f.name for f in FAMILIES.values() if f.accepts(*task) is None]
+        raise SpecError(f"arch.family={a.family} {reason}; task {t.name} takes arch.family {', '.join(takers)}")
+    problem = family.check({k: getattr(a, k) for k in family.fields}) if family.check else None
+    if problem:
+        raise SpecError(problem)
+    if a.dropout > 0 and not family.takes_dropout:
+        takes = [f.name for f in FAMILIES.values() if f.takes_dropout]
+        raise SpecError(f"arch.dropout applies to arch.family {', '.join(takes)}, not {a.family}")
+    try:  # the model built on the meta device: shapes checked, nothing allocated
+        check_fits(config, *shape)
+    except ValueError as e:
+        used = ", ".join(f"arch.{k}={config[f'arch.{k}']}" for k in family.fields if k != "dropout")
+        raise SpecError(f"arch.family={a.family} ({used}) cannot take the samples of task {t.name} "
+                        f"(shape {'x'.join(map(str, shape[0]))}): {e}") from None
 
 
 def validate(spec: ZooSpec) -> None:
-    """Raise SpecError (one line) on the first invalid field, including every axis value."""
-    _validate_values(spec)
+    """Raise SpecError (one line) on the first invalid field or phase axis value, or on the first
+    cell of the grid (every axis value applied) whose fields do not fit together."""
+    _validate_fields(spec)
+    _validate_metrics(spec.metrics)
     seeds = spec.phase.seeds
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise SpecError(f"phase.seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+    if not seeds or any(type(s) is not int or not 0 <= s <= MAX_SEED for s in seeds):
+        raise SpecError(f"phase.seeds: expected a non-empty list of ints in [0, {MAX_SEED}], got {_show(seeds)}")
     if len(set(seeds)) != len(seeds):
-        raise SpecError(f"phase.seeds has duplicates: {seeds!r}")
-    keys = set()
+        raise SpecError(f"phase.seeds: expected distinct seeds, got {_show(seeds)}")
+    keys, names = set(), set()
     for axis in spec.phase.axes:
         section, _, name = axis.key.partition(".")
         if section not in ("task", "arch", "train") or name not in _field_types(SECTIONS[section]):
@@ -370,18 +449,24 @@ def validate(spec: ZooSpec) -> None:
                             "(e.g. arch.width, train.lr)")
         if axis.key in keys:
             raise SpecError(f"phase axis {axis.key!r} appears twice")
+        if axis.name in names:
+            raise SpecError(f"phase.axes: name {axis.name!r} appears twice; give each axis its own name")
         keys.add(axis.key)
+        names.add(axis.name)
         if not isinstance(axis.values, list) or not axis.values:
             raise SpecError(f"phase axis {axis.key!r} has no values; give a non-empty list")
-        if len(set(map(repr, axis.values))) != len(axis.values):
-            raise SpecError(f"phase axis {axis.key!r} has duplicate values: {axis.values!r}")
-        expected = _field_types(SECTIONS[section])[name]
-        for v in axis.values:  # each value must make a valid spec on its own
-            trial = copy.deepcopy(spec)
-            trial.phase.axes = []
-            setattr(getattr(trial, section), name, _check_type(f"phase axis {axis.key}", v, expected))
-            _validate_values(trial)
-        axis.values = [float(v) if expected is float else v for v in axis.values]
+        try:  # each value is checked like the field it sets
+            values = [_check_field(axis.key, v, _field_types(SECTIONS[section])[name]) for v in axis.values]
+        except SpecError as e:
+            raise SpecError(f"phase axis {e}") from None
+        if len(set(map(repr, values))) != len(values):
+            raise SpecError(f"phase axis {axis.key!r} has duplicate values: {_show(axis.values)}")
+        axis.values = values
+    cells = math.prod(len(axis.values) for axis in spec.phase.axes)
+    if cells > MAX_CELLS:
+        raise SpecError(f"phase.axes: expected at most {MAX_CELLS:,} grid cells, got {cells:,}")
+    for values in itertools.product(*(axis.values for axis in spec.phase.axes)):
+        _validate_cell(_cell(spec, {axis.key: v for axis, v in zip(spec.phase.axes, values)}))
 
 
 # ---------------------------------------------------------------- presets and overrides
@@ -392,19 +477,28 @@ def preset_names() -> list[str]:
 
 
 def load_toml(path_or_name: str) -> dict:
-    """Raw dict of a preset name or a TOML file path."""
+    """Raw dict of a preset name or a TOML file path; a file that does not read is a SpecError naming it."""
     path = Path(path_or_name)
-    if path.suffix == ".toml" and path.exists():
-        text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            data = path.read_bytes()
+        except (OSError, ValueError) as e:  # missing, a folder, no permission, a NUL in the name
+            raise SpecError(f"{path_or_name}: cannot read the spec file ({getattr(e, 'strerror', None) or e}); "
+                            "give a .toml file or a preset name") from None
     elif path_or_name in preset_names():
-        text = resources.files("zoo.presets").joinpath(f"{path_or_name}.toml").read_text()
+        data = resources.files("zoo.presets").joinpath(f"{path_or_name}.toml").read_bytes()
     else:
         raise SpecError(f"unknown preset {path_or_name!r}; choose one of: {', '.join(preset_names())} "
                         "or give a path to a .toml file")
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path_or_name}: expected UTF-8 TOML text, got byte {data[e.start]:#04x} at offset "
+                        f"{e.start}") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"malformed TOML in {path_or_name}: {e}") from None
+    except RecursionError:
+        raise SpecError(f"{path_or_name}: expected TOML, got arrays or tables nested too deeply") from None
 
 
 def parse_value(text: str) -> Any:
@@ -422,13 +516,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, eq, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not eq or not dot:
-            raise SpecError(f"--set {item!r}: expected section.key=value, e.g. train.steps=200")
+            raise SpecError(f"--set {_show(item)}: expected section.key=value, e.g. train.steps=200")
         if section not in SECTIONS:
-            raise SpecError(f"--set {item!r}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
+            raise SpecError(f"--set {_show(item)}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
         if name not in _field_types(SECTIONS[section]):
-            raise SpecError(f"--set {item!r}: unknown key {key.strip()}; allowed: "
+            raise SpecError(f"--set {_show(item)}: unknown key {key.strip()}; allowed: "
                             + ", ".join(f"{section}.{k}" for k in _field_types(SECTIONS[section])))
-        raw.setdefault(section, {})[name] = parse_value(value.strip())
+        try:
+            raw.setdefault(section, {})[name] = parse_value(value.strip())
+        except RecursionError:
+            raise SpecError(f"--set {key.strip()}: expected a TOML value, got arrays or tables nested too "
+                            "deeply") from None
     return raw
 
 

@@ -136,6 +136,7 @@ def prepare_output(out: Path, spec: ZooSpec) -> None:
     exactly one build wins; the others then find it and compare fingerprints."""
     if out.exists() and not out.is_dir():
         raise BuildError(f"output path {out} is a file; choose a folder with --out")
+    _refuse_newer_schema(out)
     state = out / STATE_DIR
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -158,12 +159,25 @@ def prepare_output(out: Path, spec: ZooSpec) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
         previous = json.loads((state / "spec.json").read_text()).get("fingerprint")
     except OSError as e:
-        raise BuildError(os_error_line(e, f"output folder {out} is not usable") + "; or choose another --out") from None
+        raise BuildError(os_error_line(e, f"output folder {out} is not writable") + "; or use another --out") from None
     except ValueError:
         raise BuildError(f"{state / 'spec.json'} is damaged; delete {out} to rebuild from scratch") from None
     if previous != spec_fingerprint(spec):
         raise BuildError(f"output folder {out} holds a build of a different spec; "
                          "use another --out, or delete the folder to rebuild")
+
+
+def _refuse_newer_schema(out: Path) -> None:
+    """A zoo written by a newer zoo package is left alone, before anything else happens."""
+    from ..datasets.manifest import SCHEMA_VERSION
+
+    try:
+        version = json.loads((out / "zoo.json").read_text()).get("schema_version")
+    except (OSError, ValueError, AttributeError):
+        return  # absent or damaged: is_published decides
+    if type(version) is int and version > SCHEMA_VERSION:
+        raise BuildError(f"{out} holds a zoo of schema_version {version}, newer than this zoo package "
+                         f"({SCHEMA_VERSION}); upgrade zoo or choose another --out")
 
 
 def shard_path(out: Path, pop: PopulationPlan) -> Path:
@@ -275,8 +289,9 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
         """Train and measure every plan not yet in a shard; returns model_id -> shard."""
         pops = group_populations(plans, spec.build.max_population, population_cap(spec, plans, budget))
         done = scan_shards(out, repair)
-        with ProgressBar(out / STATE_DIR / "progress", len(plans), sum(p.model_id in done for p in plans),
-                         f"zoo {spec.name}", enabled=progress) as bar:
+        finished = sum(p.model_id in done for p in plans)
+        with ProgressBar(out / STATE_DIR / "progress", len(plans), finished, f"zoo {spec.name}",
+                         enabled=progress and finished < len(plans)) as bar:
             return run_pending(pops, done, bar)
 
     def run_pending(pops, done, bar) -> dict[str, Path]:
