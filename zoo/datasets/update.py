@@ -83,7 +83,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
             measured = measure_population(
                 build(), objective_for(adapted), adapted, weights, steps, view.layout_of(aid), ids,
                 rows["cell_id"].tolist(), rows["status"].tolist(), metrics, lr=rows["config.train.lr"].tolist(),
-                optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
+                optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
             per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model}))
             pair_tables.append(measured.pairs)
             layer_tables.append(measured.layers)

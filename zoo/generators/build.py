@@ -77,7 +77,8 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
         measured = measure_population(build(), objective_for(data), data, result.weights, result.checkpoint_steps,
                                       result.layout, result.model_ids, [p.cell_id for p in pop.members],
                                       result.status, metrics, lr=[m.lr for m in members],
-                                      optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
+                                      optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"],
+                                      batch_size=cfg["train.batch_size"])
     try:
         write_shard(shard, pop, result, measured)
     except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind
