@@ -73,11 +73,14 @@ def test_measured_in_build_equals_measured_alone(measured_zoo, data_root):
 
 
 def test_metrics_command_adds_to_an_existing_zoo_and_keeps_it_valid(measured_zoo, tmp_path):
+    damaged = tmp_path / "damaged"  # tables changed behind zoo.json's back: refused, never re-hashed
+    shutil.copytree(measured_zoo, damaged)
+    (damaged / "layers.parquet").unlink()
+    r = run_zoo("metrics", "spectral", str(damaged), "--quiet")
+    assert r.returncode == 2 and "layers.parquet" in r.stderr and not (damaged / "layers.parquet").exists()
+
     out = tmp_path / "copy"
     shutil.copytree(measured_zoo, out)
-    (out / "layers.parquet").unlink()
-    m = pd.read_parquet(out / "models.parquet").drop(columns=["spectral.alpha_mean"])
-    m.to_parquet(out / "models.parquet")
     r = run_zoo("metrics", "spectral", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     again = pd.read_parquet(out / "models.parquet")

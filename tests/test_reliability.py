@@ -14,7 +14,7 @@ import pytest
 from zoo.generators import build as build_mod
 from zoo.generators.build import BuildError, build
 from zoo.generators.claims import Claims
-from zoo.io import sha256_file
+from zoo.io import atomic_path, sha256_file
 from zoo.spec import load_spec
 
 ZOO = [sys.executable, "-m", "zoo.cli"]
@@ -90,7 +90,7 @@ def test_disk_full_during_a_shard_write_leaves_no_partial_shard(tmp_path, monkey
     def full_disk(path, pop, result, *measured):
         calls["n"] += 1
         if calls["n"] == 3:
-            with build_mod.atomic_path(path) as tmp:
+            with atomic_path(path) as tmp:
                 Path(tmp).write_bytes(b"partial")
                 raise OSError(errno.ENOSPC, "No space left on device")
         return original(path, pop, result, *measured)
