@@ -237,16 +237,15 @@ def population_cap(spec: ZooSpec, plans, max_memory: int | None) -> dict[str, in
     return caps
 
 
-def idle_cores() -> int:
-    """Cores this process may use that other processes are not already busy on: the CPU affinity
-    minus the 1-minute load average (at least 1). More threads than idle cores make torch's
-    OpenMP workers wait on each other; on a busy 2-core machine one thread is far faster."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, cores - busy)
+def usable_cores() -> int:
+    """Cores this build may use: $OMP_NUM_THREADS if set, else the CPU affinity (what SLURM or
+    taskset grant, not the whole machine). Deterministic on purpose: the measure step's float
+    rounding depends on the thread count, and a resumed build must publish the same dataset, so
+    the count never follows the momentary load (on a shared machine, set OMP_NUM_THREADS=1)."""
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_max_memory(device: str) -> int:
@@ -304,7 +303,7 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 done = scan_shards(out, repair)
                 continue
             workers = max(1, min(jobs, len(mine)))
-            threads = max(1, idle_cores() // workers) if backend == "loky" else None
+            threads = max(1, usable_cores() // workers) if backend == "loky" else None
             tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision,
                                              metrics=spec.metrics, progress=bar.folder / f"{p.population_id}.json")
                      for p in mine)
