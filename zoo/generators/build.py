@@ -36,8 +36,6 @@ STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one sha
 NEW_STATE_PREFIX = ".zoo-new-"  # a build state being assembled (see prepare_output)
 
 
-
-
 def spec_fingerprint(spec: ZooSpec) -> str:
     """What must match for a rerun to resume: everything that changes the models."""
     d = spec_identity(spec)
