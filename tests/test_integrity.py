@@ -167,3 +167,25 @@ def test_studies_survive_zoo_metrics_and_a_rebuild(zoo_copy):
     manifest = json.loads((zoo_copy / "zoo.json").read_text())
     assert manifest["files"]["studies/shift.parquet"] == table and "shift" in manifest["studies"]
     assert verify(zoo_copy) == []
+
+
+def test_card_models_config_has_real_split_files(zoo_copy):
+    import yaml
+
+    card = (zoo_copy / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    models = next(c for c in header["configs"] if c["config_name"] == "models")
+    files = {f["split"]: f["path"] for f in models["data_files"]}
+    assert set(files) == {"train", "validation", "test"}  # SMOKE_SETS split 0.5 / 0.25 / 0.25
+    table = pd.read_parquet(zoo_copy / "models.parquet")
+    for hf, ours in (("train", "train"), ("validation", "val"), ("test", "test")):
+        rows = pd.read_parquet(zoo_copy / files[hf])
+        assert set(rows["model_id"]) == set(table.loc[table["split"] == ours, "model_id"]) and len(rows)
+    manifest = json.loads((zoo_copy / "zoo.json").read_text())
+    assert all(path in manifest["files"] for path in files.values())
+
+
+def test_hugging_face_loads_the_test_split(zoo_copy):
+    datasets = pytest.importorskip("datasets")
+    table = pd.read_parquet(zoo_copy / "models.parquet")
+    assert len(datasets.load_dataset(str(zoo_copy), "models")["test"]) == (table["split"] == "test").sum()

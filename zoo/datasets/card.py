@@ -64,9 +64,14 @@ PAIRS = [
 ]
 
 
-def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = ()) -> str:
-    """README.md of a zoo: the Hugging Face header (a config per table), schema, coverage; studies
-    add their own config and section (studies.runner.card_with_study)."""
+def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = (),
+                 split_files: list[str] = ()) -> str:
+    """README.md of a zoo: the Hugging Face header (a config per table; ``models`` with its
+    train / validation / test files, ``models-all`` with every row), schema, coverage; studies add
+    their own config and section (studies.runner.card_with_study)."""
+    def split_of(path: str) -> str:
+        return path.removeprefix("splits/models-").removesuffix(".parquet")
+
     from .. import __version__
 
     axes = ", ".join(f"{a.name} = {a.key} in {a.values}" for a in spec.phase.axes) or "none"
@@ -76,9 +81,13 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = 
         "configs:",
         "- config_name: models",
         "  data_files:",
+        *([line for f in split_files for line in (f"  - split: {split_of(f)}", f"    path: {f}")]
+          or ["  - split: train", "    path: models.parquet"]),
+        "  default: true",
+        "- config_name: models-all",
+        "  data_files:",
         "  - split: train",
         "    path: models.parquet",
-        "  default: true",
         "- config_name: checkpoints",
         "  data_files:",
         "  - split: train",

@@ -22,7 +22,7 @@ from ..spec import MetricsSpec, apply_overrides, spec_from_dict
 from .card import dataset_card
 from .manifest import record, require_intact
 from .reader import load
-from .writer import _write_parquet, write_table
+from .writer import _write_parquet, write_model_splits, write_table
 
 FAMILIES = {
     "spectral": dict(hessian=False, connectivity=False, cka=False, lmc="none"),
@@ -114,8 +114,11 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
         write_table(root, name, _merge(zoo._store.table(name), new, keys))
         (written if (root / f"{name}.parquet").is_file() else removed).append(f"{name}.parquet")
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
+    split_files, split_removed = write_model_splits(root, models)
+    written += split_files
+    removed += split_removed
     present = tuple(n for n in ("pairs", "layers") if (root / f"{n}.parquet").is_file())
-    card = dataset_card(spec, models, present)
+    card = dataset_card(spec, models, present, split_files)
     from ..studies.runner import card_with_study, get_study
 
     for name, entry in manifest.get("studies", {}).items():  # keep each study's config and section

@@ -141,8 +141,10 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
         written.append("zoo.h5")
+    split_files, _ = write_model_splits(out, models_df)
+    written += split_files
     present = tuple(n for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file())
-    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, present).encode())
+    atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, present, split_files).encode())
     written.append("README.md")
     if len(models_df):
         from ..plots import phase_diagrams
@@ -150,6 +152,26 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
         with contextlib.suppress(ValueError):  # no varying axis: nothing to draw
             written += phase_diagrams(models_df, out / "plots", thresholds=extra.get("phase_thresholds"))
     write_manifest(out, spec.to_dict(), written, extra)
+
+
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # our split -> Hugging Face's name
+
+
+def write_model_splits(out: Path, models: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """models.parquet's rows once more, one file per split (``splits/models-<split>.parquet``), so
+    the card's ``models`` config has real train / validation / test data files. Returns the files
+    written and the files removed (a split that became empty), relative to ``out``."""
+    written, removed = [], []
+    for ours, name in HF_SPLITS.items():
+        rel = f"splits/models-{name}.parquet"
+        rows = models[models["split"] == ours]
+        if len(rows):
+            _write_parquet(out / rel, pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False))
+            written.append(rel)
+        elif (out / rel).exists():
+            (out / rel).unlink()
+            removed.append(rel)
+    return written, removed
 
 
 def generalization_gap(final: dict) -> float:
