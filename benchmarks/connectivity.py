@@ -8,6 +8,9 @@
 - Bezier bends: all bends trained at once vs one pair at a time with torch.optim.SGD on
   functional_call (the same t and minibatch draws, so the bends agree).
 Linear CKA of all pairs (logits and penultimate features) is timed alone, for the record.
+
+Prints one JSON line per comparison, the headline last, with "ratio" = baseline_s / ours_s
+(min over interleaved rounds; benchmarks/_harness.py).
 """
 
 from __future__ import annotations

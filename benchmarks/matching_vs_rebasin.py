@@ -8,6 +8,9 @@ built before timing, a fresh copy per round (it permutes model B in place). Both
 interleaved. Objective J = sum over trainable tensors <theta_A, pi(theta_B)> (float64), evaluated
 the same way for both; agreement needs ours >= rebasin on every pair and rebasin to have moved off
 the identity on every pair (else "ours >= rebasin" would hold trivially). Prints one JSON line last.
+
+Prints one JSON line per comparison, the headline last, with "ratio" = baseline_s / ours_s
+(min over interleaved rounds; benchmarks/_harness.py).
 """
 
 from __future__ import annotations

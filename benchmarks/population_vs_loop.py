@@ -11,6 +11,9 @@ GEMM GFLOP/s as a % of this machine's bmm peak (training GEMM FLOPs only: 6 x ba
 
 ``--device cuda``: the population trainer on the GPU vs the same trainer on the CPU instead.
 Prints one JSON line per curve point, the headline last.
+
+Prints one JSON line per comparison, the headline last, with "ratio" = baseline_s / ours_s
+(min over interleaved rounds; benchmarks/_harness.py).
 """
 
 from __future__ import annotations
