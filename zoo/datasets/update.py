@@ -63,6 +63,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     from ..generators.build import load_spec_task
     from ..generators.tasks.objectives import objective_for
     from ..metrics.measure import measure_population
+    from ..studies.runner import card_with_study, get_study
 
     manifest = require_intact(root)  # never re-hash a damaged file into a valid-looking zoo
     zoo = load(root)
@@ -119,8 +120,6 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     removed += split_removed
     present = tuple(n for n in ("pairs", "layers") if (root / f"{n}.parquet").is_file())
     card = dataset_card(spec, models, present, split_files)
-    from ..studies.runner import card_with_study, get_study
-
     for name, entry in manifest.get("studies", {}).items():  # keep each study's config and section
         card = card_with_study(card, get_study(name), entry)
     atomic_write_bytes(root / "README.md", card.encode())
