@@ -189,3 +189,12 @@ def test_hugging_face_loads_the_test_split(zoo_copy):
     datasets = pytest.importorskip("datasets")
     table = pd.read_parquet(zoo_copy / "models.parquet")
     assert len(datasets.load_dataset(str(zoo_copy), "models")["test"]) == (table["split"] == "test").sum()
+
+
+def test_ste_is_an_alignment_of_zoo_metrics_lmc(zoo_copy):
+    r = run("metrics", "lmc", str(zoo_copy), "--quiet", "--set", "metrics.lmc=ste")
+    assert r.returncode == 0, r.stderr
+    pairs = pd.read_parquet(zoo_copy / "pairs.parquet")
+    ste, weight = (pairs[pairs["alignment"] == a].set_index(["model_a", "model_b"]) for a in ("ste", "weight"))
+    assert len(ste) and set(ste.index) == set(weight.index)
+    assert verify(zoo_copy) == []

@@ -30,7 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 INITS = ("default", "kaiming_uniform", "kaiming_normal", "xavier_uniform", "xavier_normal", "uniform", "normal")
 SAMPLERS = ("grid", "adaptive")
-LMC_MODES = ("none", "weight", "all")  # aligned barriers in the build: off, weight matching, every alignment
+LMC_MODES = ("none", "weight", "ste", "all")  # aligned barriers: off, weight matching, + STE search, every alignment
 # Fields that may differ between the models of one population (held as per-model tensors).
 PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.label_noise",
                   "task.train_fraction", "task.augment")

@@ -69,7 +69,10 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     zoo = load(root)
     raw = apply_overrides(zoo.manifest["spec"], list(overrides))
     spec = spec_from_dict(raw)
-    metrics = MetricsSpec(**{**asdict(spec.metrics), **FAMILIES[family]})
+    forced = dict(FAMILIES[family])
+    if family in ("lmc", "all") and any(o.strip().startswith("metrics.lmc") for o in overrides):
+        forced.pop("lmc")  # `zoo metrics lmc --set metrics.lmc=ste`: the user's alignments win
+    metrics = MetricsSpec(**{**asdict(spec.metrics), **forced})
     data = load_spec_task(spec)
     per_model, pair_tables, layer_tables = [], [], []
     for aid in zoo.arch_ids:

@@ -150,7 +150,8 @@ def pair_tables(model: nn.Module, objective, params, buffers, pairs: Tensor, dat
     if spec.lmc != "none":
         from .lmc import lmc_pairs
 
-        alignments = ("weight",) if spec.lmc == "weight" else ("weight", "activation", "weight+repair")
+        alignments = {"weight": ("weight",), "ste": ("weight", "ste"),
+                      "all": ("weight", "activation", "weight+repair")}[spec.lmc]
         aligned, perms = attempt(problems, "lmc", lambda: lmc_pairs(
             model, objective, params, buffers, pairs, splits, probe, alignments=alignments,
             n_points=spec.curve_points, layerwise=spec.lmc == "all")) or (pd.DataFrame(), {})
