@@ -70,7 +70,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     raw = apply_overrides(zoo.manifest["spec"], list(overrides))
     spec = spec_from_dict(raw)
     forced = dict(FAMILIES[family])
-    if family in ("lmc", "all") and any(o.strip().startswith("metrics.lmc") for o in overrides):
+    if forced.get("lmc") == "all" and any(o.strip().startswith("metrics.lmc") for o in overrides):
         forced.pop("lmc")  # `zoo metrics lmc --set metrics.lmc=ste`: the user's alignments win
     metrics = MetricsSpec(**{**asdict(spec.metrics), **forced})
     data = load_spec_task(spec)
