@@ -76,7 +76,7 @@ def repairable(model: nn.Module) -> bool:
     return len(layers) >= 2 and all(m.bias is not None for m in layers[:-1])
 
 
-def _run(name: str, m: nn.Module, state: dict[str, Tensor], h: Tensor) -> Tensor:
+def run_module(name: str, m: nn.Module, state: dict[str, Tensor], h: Tensor) -> Tensor:
     """Module ``m`` on stacked inputs h [N, B, ...]: per-state weights for Linear/Conv, shared otherwise."""
     if isinstance(m, _LAYERS):
         own = {p: state[f"{name}.{p}"] for p, _ in m.named_parameters()}
@@ -84,7 +84,7 @@ def _run(name: str, m: nn.Module, state: dict[str, Tensor], h: Tensor) -> Tensor
     return m(h.flatten(0, 1)).unflatten(0, h.shape[:2])
 
 
-def _unit_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+def unit_stats(z: Tensor) -> tuple[Tensor, Tensor]:
     """Per-unit mean and std [N, C] of pre-activations z [N, B, C, *spatial] over samples and positions."""
     z = z.movedim(2, -1).reshape(z.shape[0], -1, z.shape[2])
     return z.mean(1), z.std(1)
@@ -121,9 +121,9 @@ def _repair(model, a, b, states, ts, x, eps):
     last = [name for name, m in model.named_children() if isinstance(m, _LAYERS)][-1]
     tt = ts.to(dtype).repeat(k).view(-1, 1)
     for name, m in model.named_children():
-        z_a, z_b, z = _run(name, m, a, h_a), _run(name, m, b, h_b), _run(name, m, out, h)
+        z_a, z_b, z = run_module(name, m, a, h_a), run_module(name, m, b, h_b), run_module(name, m, out, h)
         if isinstance(m, _LAYERS) and name != last:
-            (mu_a, sd_a), (mu_b, sd_b), (mu, sd) = _unit_stats(z_a), _unit_stats(z_b), _unit_stats(z)
+            (mu_a, sd_a), (mu_b, sd_b), (mu, sd) = unit_stats(z_a), unit_stats(z_b), unit_stats(z)
             mu_t = (1 - tt) * mu_a.repeat_interleave(t, 0) + tt * mu_b.repeat_interleave(t, 0)
             sd_t = (1 - tt) * sd_a.repeat_interleave(t, 0) + tt * sd_b.repeat_interleave(t, 0)
             scale = sd_t / (sd + eps)
@@ -131,7 +131,7 @@ def _repair(model, a, b, states, ts, x, eps):
             w, bias = f"{name}.weight", f"{name}.bias"
             out[w] = out[w] * scale.view(*scale.shape, *[1] * (out[w].dim() - 2))
             out[bias] = out[bias] * scale + shift
-            z = _run(name, m, out, h)
+            z = run_module(name, m, out, h)
         h_a, h_b, h = z_a, z_b, z
     return out
 

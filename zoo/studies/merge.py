@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..metrics.lmc import _run, _unit_stats, repairable
+from ..metrics.lmc import repairable, run_module, unit_stats
 from ..metrics.matching import (
     activation_matching,
     apply_permutation_stacked,
@@ -122,17 +122,17 @@ def repair_merged(model: nn.Sequential, members: list[dict[str, Tensor]], merged
     hs = [h] * len(members)
     layers = [name for name, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     for name, m in model.named_children():
-        zs = [_run(name, m, member, hm) for member, hm in zip(members, hs, strict=True)]
-        z = _run(name, m, out, h)
+        zs = [run_module(name, m, member, hm) for member, hm in zip(members, hs, strict=True)]
+        z = run_module(name, m, out, h)
         if name in layers[:-1]:
-            stats = [_unit_stats(zm) for zm in zs]
+            stats = [unit_stats(zm) for zm in zs]
             mu_t, sd_t = sum(s[0] for s in stats) / len(stats), sum(s[1] for s in stats) / len(stats)
-            mu, sd = _unit_stats(z)
+            mu, sd = unit_stats(z)
             scale = sd_t / (sd + eps)
             w, b = f"{name}.weight", f"{name}.bias"
             out[w] = out[w] * scale.view(*scale.shape, *[1] * (out[w].dim() - 2))
             out[b] = out[b] * scale + (mu_t - mu * scale)
-            z = _run(name, m, out, h)
+            z = run_module(name, m, out, h)
         hs, h = zs, z
     return out
 
