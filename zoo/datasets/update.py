@@ -101,13 +101,10 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     models = models.drop(columns=stale).join(new_cols, on="model_id")
     extra = {"spec": spec.to_dict()}  # the spec as measured: metrics overrides included
     if "train_acc" in models and data.kind == "classification":
-        from ..metrics.coverage import phase_coverage
-        from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
+        from ..metrics.coverage import label_zoo
 
-        thresholds = PhaseThresholds(**spec.metrics.thresholds)
-        models = models.join(assign_phases(models, thresholds, n_classes=data.n_classes))
-        extra["phase_thresholds"] = resolve_thresholds(models, thresholds, data.n_classes)
-        extra["phase_coverage"] = phase_coverage(models)
+        models, labels = label_zoo(models, spec.metrics.thresholds, data.n_classes)
+        extra.update(labels)
 
     pairs = pd.concat([t for t in pair_tables if len(t)], ignore_index=True) if any(
         len(t) for t in pair_tables) else pd.DataFrame()

@@ -117,13 +117,10 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     models_df = pd.DataFrame(models)
     extra = {"device": device, "precision": precision, "task": task}
     if "train_acc" in models_df and n_classes:  # phase labels are defined for classification zoos
-        from ..metrics.coverage import phase_coverage
-        from ..metrics.phases import PhaseThresholds, assign_phases, resolve_thresholds
+        from ..metrics.coverage import label_zoo
 
-        thresholds = PhaseThresholds(**spec.metrics.thresholds)
-        models_df = models_df.join(assign_phases(models_df, thresholds, n_classes=n_classes))
-        extra["phase_thresholds"] = resolve_thresholds(models_df, thresholds, n_classes)
-        extra["phase_coverage"] = phase_coverage(models_df)
+        models_df, labels = label_zoo(models_df, spec.metrics.thresholds, n_classes)
+        extra.update(labels)
     _write_parquet(out / "models.parquet", pa.Table.from_pandas(models_df, preserve_index=False))
     ids = set(models_df["model_id"])
     for name, parts in tables.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .phases import PHASES
+from .phases import PHASES, PhaseThresholds, assign_phases, resolve_thresholds
 
 
 def phase_coverage(models: pd.DataFrame) -> dict | None:
@@ -35,3 +35,12 @@ def coverage_lines(coverage: dict | None) -> list[str]:
         lines.append(f"WARNING: no cell reaches phase {', '.join(coverage['missing'])}; "
                      "the zoo does not cover every phase")
     return lines
+
+
+def label_zoo(models: pd.DataFrame, thresholds: dict, n_classes: int) -> tuple[pd.DataFrame, dict]:
+    """``models`` with its phase columns, and what zoo.json records of them (the resolved thresholds
+    and the coverage): the one labelling step of both publish and `zoo metrics`."""
+    rule = PhaseThresholds(**thresholds)
+    labelled = models.join(assign_phases(models, rule, n_classes=n_classes))
+    return labelled, {"phase_thresholds": resolve_thresholds(labelled, rule, n_classes),
+                      "phase_coverage": phase_coverage(labelled)}
