@@ -22,6 +22,7 @@ from ..datasets.manifest import record, require_intact
 from ..datasets.reader import load
 from ..errors import SpecError
 from ..io import atomic_path, atomic_write_bytes
+from ..progress import ProgressBar
 from .base import Study
 
 METADATA_KEY = b"zoo.study"
@@ -54,7 +55,11 @@ def run_study(root: str | Path, name: str, overrides: list[str] = (), progress: 
 
     zoo = load(root)
     t0 = time.perf_counter()
-    rows = study.run(zoo, options)
+    with ProgressBar(None, int((zoo.models["status"] == "ok").sum()), desc=f"zoo study {name}", enabled=progress,
+                     weights={}) as bar:  # models advance as the study's populations finish (progress.track)
+        bar.stage("run")
+        rows = study.run(zoo, options)
+        bar.finish(bar.bar.total - bar.finished)
     wall = time.perf_counter() - t0
     rows = annotate(zoo, rows)
     n_models = int((zoo.models["status"] == "ok").sum())
