@@ -34,6 +34,7 @@ CPU = {  # script -> extra arguments
     "default_build": [],
     "scaling": [],
     "kernels": [],
+    "nuclear_norm": [],
 }
 GPU = {"kernels": [], "population_vs_loop": ["--device", "cuda"]}
 
