@@ -17,6 +17,7 @@ import pandas as pd
 from zoo.datasets import load
 from zoo.generators.adaptive import adaptive_plans, coarse_cells, lattice
 from zoo.metrics.phases import PhaseThresholds, assign_phases
+from zoo.progress import interruptible
 from zoo.spec import spec_from_dict
 
 
@@ -62,4 +63,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "adaptive_vs_grid")

@@ -6,7 +6,9 @@ alignments, prints merged test accuracy per cell and k, and writes a report with
 machine, the command and the measured numbers (no number in the report is typed by hand).
 
     python examples/merge_wm_vs_ste.py ZOO_DIR [--ks 2 3] [--groups 4] [--ste-steps 200]
-        [--out docs/results/merge_wm_vs_ste.md]
+        [--out docs/results/merge_wm_vs_ste.md] [--quiet]
+
+The study's progress (stage, models, models/s, ETA) goes to stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.progress import interruptible
 from zoo.studies.runner import run_study, study_files
 
 
@@ -94,10 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--ste-steps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("docs/results/merge_wm_vs_ste.md"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     overrides = [f"study.ks={json.dumps(args.ks)}", f"study.groups={args.groups}",
                  f"study.ste_steps={args.ste_steps}", 'study.methods=["naive", "weight", "ste"]']
-    entry = run_study(args.zoo, "merge", overrides, progress=False)
+    entry = run_study(args.zoo, "merge", overrides, progress=not args.quiet)
     rows = pd.read_parquet(args.zoo / study_files("merge")[0])
     table = compare(rows)
     lines = summary(table)
@@ -117,4 +121,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "merge_wm_vs_ste")

@@ -6,7 +6,9 @@
    its layer) goes through a shared MLP phi, the tokens are mean-pooled, an MLP rho regresses.
 Both fit on the train + val splits and report R^2 on the test split.
 
-    python examples/predict_accuracy.py --zoo zoo-out
+    python examples/predict_accuracy.py --zoo zoo-out [--quiet]
+
+Progress of the DeepSets fit (steps, steps/s, ETA) on stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from zoo.datasets import TokenView, affine_layers, compute_norm_stats, load, pad_tokens
+from zoo.progress import ProgressBar, interruptible
 
 QUANTILES = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
 
@@ -61,7 +64,7 @@ class DeepSets(nn.Module):
         return self.rho(pooled).squeeze(-1)
 
 
-def fit_deepsets(train: dict, steps: int, seed: int) -> DeepSets:
+def fit_deepsets(train: dict, steps: int, seed: int, on_step=None) -> DeepSets:
     torch.manual_seed(seed)
     n_layers = int(train["positions"][..., 0].max()) + 1
     net = DeepSets(train["tokens"].shape[-1], n_layers)
@@ -69,12 +72,14 @@ def fit_deepsets(train: dict, steps: int, seed: int) -> DeepSets:
     y = train["target"]
     mean, std = y.mean(), y.std().clamp(min=1e-6)
     net.y_mean, net.y_std = mean, std
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad()
         pred = net(train["tokens"], train["positions"], train["token_mask"])
         loss = ((pred - (y - mean) / std) ** 2).mean()
         loss.backward()
         opt.step()
+        if on_step:
+            on_step(step + 1)
     return net
 
 
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--target", default="test_acc")
     p.add_argument("--steps", type=int, default=500, help="DeepSets training steps (full batch)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -104,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. DeepSets over neuron tokens, normalized with train-split statistics
     stats = compute_norm_stats(zoo)
     fit = pad_tokens(list(TokenView(zoo.subset(fit_ids), target=args.target, normalize=stats)))
-    net = fit_deepsets(fit, args.steps, args.seed)
+    with ProgressBar(None, args.steps, desc="predict_accuracy", enabled=not args.quiet, unit="step") as bar, \
+            bar.track(args.steps) as fitting:
+        net = fit_deepsets(fit, args.steps, args.seed, on_step=lambda k: fitting.report("fit DeepSets", k, args.steps))
     test_view = TokenView(zoo.subset(test_ids), target=args.target, normalize=stats,
                           token_size=fit["tokens"].shape[-1])
     test = pad_tokens(list(test_view))
@@ -136,4 +144,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "predict_accuracy")

@@ -83,12 +83,13 @@ class Unit:
 class ProgressBar:
     """Main side: a tqdm bar in models (on stderr), advanced by finished units and, in between, by
     the fractions the running units report: files in ``folder`` (None: in-process units only).
-    ``initial`` models are already done (a resumed build); the rate and ETA count only new work."""
+    ``initial`` models are already done (a resumed build); the rate and ETA count only new work.
+    ``unit`` names what is counted where it is not models (an example's fitting steps)."""
 
     WEIGHT = TRAIN_MEASURE
 
     def __init__(self, folder: Path | None, total: int, initial: int = 0, desc: str = "zoo",
-                 enabled: bool = True, weights: dict[str, float] | None = None):
+                 enabled: bool = True, weights: dict[str, float] | None = None, unit: str = "model"):
         from tqdm.auto import tqdm
 
         self.folder = None if folder is None else Path(folder)
@@ -98,7 +99,7 @@ class ProgressBar:
         self.finished = initial
         self.desc, self._stage = desc, ""
         self._units: set[Unit] = set()
-        self.bar = tqdm(total=total, initial=initial, unit="model", desc=desc, disable=not enabled,
+        self.bar = tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled,
                         dynamic_ncols=True, smoothing=0, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._stop, self._lock = threading.Event(), threading.Lock()
