@@ -23,7 +23,7 @@ from zoo.spec import load_spec
 
 STAGES = {  # stage -> (module, function) the build looks up at call time
     "train": ("zoo.generators.build", "train_population"),
-    "hessian": ("zoo.metrics.measure", "hessian_columns"),
+    "hessian": ("zoo.metrics.hessian", "hessian_columns"),
     "spectral": ("zoo.metrics.spectral", "spectral_tables"),
     "connectivity": ("zoo.metrics.connectivity", "linear_connectivity"),
     "bezier": ("zoo.metrics.connectivity", "bezier_connectivity"),

@@ -14,8 +14,9 @@ from zoo.generators.architectures import build_model
 from zoo.generators.population import Member, TrainConfig, train_population
 from zoo.generators.tasks import load_task
 from zoo.generators.tasks.objectives import objective_for
-from zoo.metrics.connectivity import BEND_LR_SCALE, bezier_connectivity, linear_connectivity, train_bends
-from zoo.metrics.measure import bend_steps, measure_population
+from zoo.metrics.base import Population
+from zoo.metrics.connectivity import BEND_LR_SCALE, bend_steps, bezier_connectivity, linear_connectivity, train_bends
+from zoo.metrics.measure import measure_population
 from zoo.metrics.phases import PhaseThresholds
 from zoo.spec import MetricsSpec, SpecError, load_spec
 
@@ -35,9 +36,10 @@ def test_wide_well_trained_mlps_are_connected(data_root):
 
     def pair(**fields):
         spec = MetricsSpec(hessian=False, spectral=False, cka=False, lmc="none", **fields)
-        m = measure_population(build(), objective_for(data), data, res.weights, res.checkpoint_steps, res.layout,
-                               ["a", "b"], ["c", "c"], res.status, spec, lr=[0.05, 0.05], optimizer="sgd",
-                               momentum=0.9)
+        m = measure_population(Population(
+            model=build(), objective=objective_for(data), data=data, weights=res.weights,
+            steps=res.checkpoint_steps, layout=res.layout, model_ids=["a", "b"], cell_ids=["c", "c"],
+            status=res.status, lr=[0.05, 0.05], optimizer="sgd", momentum=0.9), spec)
         return m.pairs.iloc[0]
 
     row = pair()

@@ -14,6 +14,7 @@ from zoo.functional import layout_of
 from zoo.generators.architectures import build_for_task
 from zoo.generators.tasks import load_task
 from zoo.generators.tasks.objectives import objective_for
+from zoo.metrics.base import Population
 from zoo.metrics.measure import measure_population
 from zoo.spec import MetricsSpec
 
@@ -64,10 +65,11 @@ def test_measured_in_build_equals_measured_alone(measured_zoo, data_root):
     build, _ = build_for_task(cfg, data.input_shape, data.n_classes)
     final = ckpt[ckpt["step"] == ckpt["step"].max()].set_index("model_id").loc[ids]
     weights = np.stack(final["weights"].to_numpy())[None]
-    res = measure_population(build(), objective_for(data), data, weights, [int(ckpt["step"].max())],
-                             layout_of(build()), ids, same_cell["cell_id"].tolist(), ["ok"] * len(ids),
-                             MetricsSpec(lmc="none"), lr=same_cell["config.train.lr"].tolist(),
-                             optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"])
+    res = measure_population(Population(
+        model=build(), objective=objective_for(data), data=data, weights=weights, steps=[int(ckpt["step"].max())],
+        layout=layout_of(build()), model_ids=ids, cell_ids=same_cell["cell_id"].tolist(), status=["ok"] * len(ids),
+        lr=same_cell["config.train.lr"].tolist(), optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"]),
+        MetricsSpec(lmc="none"))
     for col in ("hessian.trace", "spectral.alpha_mean", "connectivity.barrier", "similarity.cka"):
         np.testing.assert_allclose(res.per_model[col], same_cell[col], rtol=2e-3, err_msg=col)
 
@@ -154,10 +156,11 @@ def test_a_failing_metric_family_is_a_note_not_a_lost_population(monkeypatch):
     rng = np.random.default_rng(0)
     data = TaskData("toy", rng.normal(size=(128, 5)).astype(np.float32), rng.integers(0, 3, 128),
                     rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64), n_classes=3)
-    res = measure_population(models[0], objective_for(data), data, weights, [10], lay, list("abcd"),
-                             ["c1", "c1", "c2", "c2"], ["ok"] * 4, MetricsSpec(bezier_steps=5, lmc="weight"),
-                             lr=[0.1] * 4, optimizer="sgd", momentum=0.9)
-    assert all(note.startswith("lmc: ValueError: permutation_spec") for note in res.notes)
+    res = measure_population(Population(
+        model=models[0], objective=objective_for(data), data=data, weights=weights, steps=[10], layout=lay,
+        model_ids=list("abcd"), cell_ids=["c1", "c1", "c2", "c2"], status=["ok"] * 4, lr=[0.1] * 4,
+        optimizer="sgd", momentum=0.9), MetricsSpec(bezier_steps=5, lmc="weight"))
+    assert all("lmc: ValueError: permutation_spec" in note for note in res.notes)
     assert np.isfinite(res.per_model["hessian.trace"]).all() and np.isfinite(res.per_model["connectivity.mc"]).all()
     assert set(res.pairs["alignment"]) == {"none"} and len(res.pairs) == 2
 
@@ -180,9 +183,10 @@ def test_pairs_across_cells_are_added_flagged_and_kept_out_of_model_means():
 
     def measure(pairs):
         spec = MetricsSpec(hessian=False, spectral=False, bezier_steps=5, lmc="weight", pairs=pairs)
-        return measure_population(models[0], objective_for(data), data, weights, [10], lay, list("abcd"),
-                                  ["c1", "c1", "c2", "c2"], ["ok"] * 4, spec, lr=[0.1] * 4, optimizer="sgd",
-                                  momentum=0.9)
+        return measure_population(Population(
+            model=models[0], objective=objective_for(data), data=data, weights=weights, steps=[10], layout=lay,
+            model_ids=list("abcd"), cell_ids=["c1", "c1", "c2", "c2"], status=["ok"] * 4, lr=[0.1] * 4,
+            optimizer="sgd", momentum=0.9), spec)
 
     cell, population = measure("cell"), measure("population")
     rows = population.pairs

@@ -175,6 +175,7 @@ def test_a_collapsed_model_gets_rule_values_and_its_cell_a_phase(mnist1d_small):
     from zoo.functional import evaluate, from_flat, make_forward, to_flat
     from zoo.generators.population import Member, TrainConfig, train_population
     from zoo.generators.tasks.objectives import objective_for
+    from zoo.metrics.base import Population
     from zoo.metrics.measure import measure_population
     from zoo.metrics.phases import assign_phases
     from zoo.spec import MetricsSpec
@@ -188,8 +189,10 @@ def test_a_collapsed_model_gets_rule_values_and_its_cell_a_phase(mnist1d_small):
     weights = to_flat(params, buffers, res.layout).numpy()[None]
     objective = objective_for(data)
     spec = MetricsSpec(spectral=False, lmc="none", bezier_steps=20, hessian_batches=2)
-    measured = measure_population(build(), objective, data, weights, [300], res.layout, ["m0", "m1", "m2"],
-                                  ["c"] * 3, ["ok"] * 3, spec, lr=[0.05] * 3, optimizer="sgd", momentum=0.9)
+    measured = measure_population(Population(
+        model=build(), objective=objective, data=data, weights=weights, steps=[300], layout=res.layout,
+        model_ids=["m0", "m1", "m2"], cell_ids=["c"] * 3, status=["ok"] * 3, lr=[0.05] * 3, optimizer="sgd",
+        momentum=0.9), spec)
     pairs = measured.pairs.set_index(["model_a", "model_b"])["cka.logits"]
     assert pairs[("m0", "m1")] == 0.0 and pairs[("m0", "m2")] == 0.0
     assert 0.1 < pairs[("m1", "m2")] <= 1.0

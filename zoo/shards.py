@@ -27,8 +27,13 @@ def _table_bytes(df: pd.DataFrame) -> np.ndarray:
     return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8)
 
 
+def shard_table_names(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The tables (pairs, layers, a metric's own) stored in a shard."""
+    return [k[6:] for k in arrays if k.startswith("table/")]
+
+
 def shard_table(arrays: dict[str, np.ndarray], name: str) -> pd.DataFrame:
-    """A table (pairs, layers) stored in a shard; empty if the shard has none."""
+    """A table (pairs, layers, a metric's own) stored in a shard; empty if the shard has none."""
     blob = arrays.get(f"table/{name}")
     if blob is None or not blob.size:
         return pd.DataFrame()
@@ -47,8 +52,7 @@ def write_shard(path: Path, pop, result, measured=None) -> None:
         meta["metrics_notes"] = measured.notes
         arrays.update({f"model_metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_model.items()})
         arrays.update({f"metric/{k}": np.asarray(v, dtype=np.float64) for k, v in measured.per_checkpoint.items()})
-        for name in ("pairs", "layers"):
-            table = getattr(measured, name)
+        for name, table in measured.tables.items():
             if len(table):
                 arrays[f"table/{name}"] = _table_bytes(table)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -36,7 +36,7 @@ PER_MODEL_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "task.labe
                   "task.train_fraction", "task.augment")
 # Fields added after zoos were published, with the value that reproduces the older models: ids and
 # fingerprints leave them out at that value, so those models keep their ids and random streams.
-NEUTRAL = {"arch.dropout": 0.0}
+NEUTRAL = {"arch.dropout": 0.0, "metrics.options": {}}
 
 
 @dataclass
@@ -128,6 +128,18 @@ class MetricsSpec:
     lmc: str = "weight"  # aligned barriers in the build: none | weight | all
     pairs: str = "cell"  # cell: same-cell pairs; population: also pairs across the cells of a population
     thresholds: dict = field(default_factory=dict)  # phase-rule overrides (zoo.metrics.phases.PhaseThresholds)
+    options: dict = field(default_factory=dict)  # fields added by registered metrics (metrics.<name> in specs)
+
+    def __getattr__(self, name: str):
+        """A registered metric's option (``Metric.options``): its value in ``options``, or its default."""
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        if name in self.__dict__.get("options", {}):
+            return self.options[name]
+        options = metric_options()
+        if name in options:
+            return options[name].default
+        raise AttributeError(f"MetricsSpec has no field {name!r}")
 
 
 @dataclass
@@ -215,6 +227,14 @@ RANGES = {
 }
 
 
+def metric_options() -> dict:
+    """{name: zoo.metrics.base.Option} of every ``[metrics]`` field a registered metric adds
+    (asked when a spec is read, so that importing this module does not import torch)."""
+    from .metrics.registry import OPTIONS
+
+    return OPTIONS
+
+
 def _family_names() -> tuple[str, ...]:
     """The registered architecture families (asked when a spec is checked, so that importing this
     module does not import torch)."""
@@ -280,13 +300,41 @@ def _build_section(name: str, raw: Any):
     types = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
+        if name == "metrics" and key not in types and key in metric_options():
+            kwargs.setdefault("options", {})[key] = value  # checked with the other fields
+            continue
         if key not in types:
-            raise SpecError(f"unknown key {name}.{key}; allowed: {', '.join(types)}")
+            raise SpecError(f"unknown key {name}.{key}; allowed: {', '.join(_allowed_keys(name))}")
         if name == "phase" and key == "axes":
             kwargs[key] = _build_axes(value)
             continue
+        if name == "metrics" and key == "options":  # a stored spec: the options as one table
+            kwargs[key] = {**_check_type(f"{name}.{key}", value, dict), **kwargs.get(key, {})}
+            continue
         kwargs[key] = _check_type(f"{name}.{key}", value, types[key])
     return cls(**kwargs)
+
+
+def _allowed_keys(section: str) -> list[str]:
+    """The keys a section takes: its fields, and for metrics the registered metrics' options."""
+    keys = [k for k in _field_types(SECTIONS[section]) if not (section == "metrics" and k == "options")]
+    return keys + list(metric_options()) if section == "metrics" else keys
+
+
+def _check_options(options: dict) -> None:
+    """Type, range and choices of each registered metric option in ``metrics.options``."""
+    known = metric_options()
+    for key, value in options.items():
+        where = f"metrics.{key}"
+        if key not in known:
+            raise SpecError(f"unknown key {where}; allowed: {', '.join(_allowed_keys('metrics'))}")
+        option = known[key]
+        value = options[key] = _check_type(where, value, type(option.default))
+        if option.range and not _in(option.range, value):
+            kind = "an int" if type(option.default) is int else "a float"
+            raise SpecError(f"{where}: expected {kind} in {option.range}, got {_show(value)}")
+        if option.choices and value not in option.choices:
+            raise SpecError(f"{where}: expected one of {', '.join(map(str, option.choices))}, got {_show(value)}")
 
 
 def _build_axes(raw: Any) -> list[Axis]:
@@ -332,6 +380,7 @@ def _validate_fields(spec: ZooSpec) -> None:
     for section, cls in SECTIONS.items():
         for name, expected in _field_types(cls).items():
             _check_field(f"{section}.{name}", getattr(getattr(spec, section), name), expected)
+    _check_options(spec.metrics.options)
     split = spec.build.split
     if len(split) != 3 or abs(sum(x for x in split if type(x) in (int, float)) - 1) > 1e-6 or not all(
             (type(x) is int or type(x) is float and math.isfinite(x)) and x >= 0 for x in split):
@@ -519,9 +568,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise SpecError(f"--set {_show(item)}: expected section.key=value, e.g. train.steps=200")
         if section not in SECTIONS:
             raise SpecError(f"--set {_show(item)}: unknown section {section!r}; allowed: {', '.join(SECTIONS)}")
-        if name not in _field_types(SECTIONS[section]):
+        if name not in _allowed_keys(section):
             raise SpecError(f"--set {_show(item)}: unknown key {key.strip()}; allowed: "
-                            + ", ".join(f"{section}.{k}" for k in _field_types(SECTIONS[section])))
+                            + ", ".join(f"{section}.{k}" for k in _allowed_keys(section)))
         try:
             raw.setdefault(section, {})[name] = parse_value(value.strip())
         except RecursionError:

@@ -8,7 +8,7 @@ import pandas as pd
 from ..metrics.coverage import coverage_lines, phase_coverage
 from ..spec import ZooSpec
 
-COLUMNS = {
+COLUMNS = {  # what training and publishing write; each metric's columns come from the registry
     "model_id": "stable id: hash of the model's full config and seed",
     "cell_id": "phase-grid cell: models with the same config and different seeds",
     "population_id": "the vectorized training job the model was trained in",
@@ -25,16 +25,6 @@ COLUMNS = {
     "test_loss / test_acc": "final mean cross-entropy / accuracy on the clean test set",
     "ggap": "generalization gap: train_acc - test_acc (tasks without accuracy: test_loss - train_loss)",
     "wall_time_s": "population wall time divided by its number of models (seconds)",
-    "hessian.top_eig / hessian.trace": "top eigenvalue (power iteration) and trace (Hutchinson, "
-                                       "Rademacher probes) of the training-loss Hessian at the final weights, "
-                                       "on the first metrics.hessian_batches x hessian_batch_size training samples",
-    "hessian.*_iters / *_converged": "iterations used and whether the relative tolerance was met",
-    "spectral.<metric>_mean": "mean over layers of a per-layer spectral metric of layers.parquet "
-                              "(alpha, alpha_weighted, log_norm, stable_rank, farms_alpha, ...)",
-    "connectivity.mc": "mean Bezier mode connectivity (train loss) over the model's same-cell pairs; "
-                       "negative = barrier (sign convention below)",
-    "connectivity.barrier": "mean naive linear-path barrier (max variant, train loss) over its same-cell pairs",
-    "similarity.cka": "mean linear CKA of logits on the probe batch over its same-cell pairs",
     "phase / cell_phase": "Yang et al. (2021) phase (I, II, III, IV-A, IV-B) of the model / of its cell; "
                           "thresholds in zoo.json `phase_thresholds`",
     "metrics_note": "why landscape or spectral metrics are missing (NaN) for this model, empty if none",
@@ -63,6 +53,33 @@ PAIRS = [
     "- `plots/*.png`: phase diagrams (capacity x temperature heat maps of test accuracy, log Hessian trace, "
     "mc, CKA and the phase label).",
 ]
+
+
+def column_lines() -> list[str]:
+    """The card's column list: training's columns, then each registered metric's (naming the
+    file that computes it), then the phase labels and notes."""
+    from ..metrics.registry import METRICS
+
+    head = {k: v for k, v in COLUMNS.items() if not k.startswith(("phase", "metrics_note"))}
+    tail = {k: v for k, v in COLUMNS.items() if k not in head}
+    lines = [f"- `{k}`: {v}" for k, v in head.items()]
+    for metric in METRICS.values():
+        where = metric.compute.__module__.replace(".", "/") + ".py"
+        lines += [f"- `{k}` ({where}): {v}" for k, v in metric.columns.items()]
+    return lines + [f"- `{k}`: {v}" for k, v in tail.items()]
+
+
+def metric_table_lines(tables: tuple[str, ...]) -> list[str]:
+    """A Files entry for each present table a registered metric adds (beyond pairs and layers)."""
+    from ..metrics.registry import METRICS
+
+    lines = []
+    for metric in METRICS.values():
+        for name, keys in metric.tables.items():
+            if name in tables:
+                where = metric.compute.__module__.replace(".", "/") + ".py"
+                lines.append(f"- `{name}.parquet`: one row per ({', '.join(keys)}): {metric.about} ({where}).")
+    return lines
 
 
 def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = (),
@@ -125,6 +142,7 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = 
         "`/index/<arch_id>` model ids (row order), `/layout/*` mirroring layout.parquet.",
         "- `zoo.json`: the spec as run, versions, phase thresholds used, and the sha256 of every file.",
         *PAIRS,
+        *metric_table_lines(tables),
         "",
         "Flat weight order is the PyTorch `state_dict` order (floating-point entries only; "
         "BatchNorm's integer `num_batches_tracked` is left out), each tensor C-order.",
@@ -139,7 +157,7 @@ def dataset_card(spec: ZooSpec, models: pd.DataFrame, tables: tuple[str, ...] = 
         "",
         "## Columns of models.parquet",
         "",
-        *[f"- `{k}`: {v}" for k, v in COLUMNS.items()],
+        *column_lines(),
         "",
         *SIGN_CONVENTIONS,
         "## Load",

@@ -9,7 +9,6 @@ any table that changed.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,19 +17,50 @@ import pandas as pd
 import pyarrow as pa
 
 from ..io import atomic_write_bytes
-from ..spec import MetricsSpec, apply_overrides, spec_from_dict
+from ..progress import ProgressBar
+from ..spec import MetricsSpec, SpecError, apply_overrides, spec_from_dict
 from .card import dataset_card
 from .manifest import record, require_intact
 from .reader import load
 from .writer import _write_parquet, write_model_splits, write_table
 
-FAMILIES = {
-    "spectral": dict(hessian=False, connectivity=False, cka=False, lmc="none"),
-    "lmc": dict(hessian=False, spectral=False, connectivity=False, cka=False, lmc="all"),
-    "landscape": dict(spectral=False, lmc="none"),
-    "all": dict(lmc="all"),
-}
-PAIR_KEYS = ["model_a", "model_b", "alignment"]
+
+def metric_names(family: str) -> list[str]:
+    """The registered metrics ``zoo metrics FAMILY`` measures: one metric, a group, or all."""
+    from ..metrics.registry import GROUPS, METRICS
+
+    if family == "all":
+        return list(METRICS)
+    if family in GROUPS:
+        return GROUPS[family]
+    if family in METRICS:
+        return [family]
+    raise SpecError(f"zoo metrics: unknown metric {family!r}; choose from {', '.join([*METRICS, *GROUPS, 'all'])}")
+
+
+def metrics_for(spec: MetricsSpec, names: list[str], overrides: list[str]) -> MetricsSpec:
+    """``spec`` with the metrics ``names`` switched on and every other metric off; a switch the
+    user set explicitly (``--set metrics.lmc=ste``) keeps the user's value."""
+    from ..metrics.registry import METRICS
+
+    fields, options = {}, dict(spec.options)
+    explicit = {o.partition("=")[0].strip().removeprefix("metrics.") for o in overrides}
+    for name, metric in METRICS.items():
+        if metric.field in explicit and name in names:
+            continue
+        value = metric.on if name in names else metric.off
+        if metric.field in options or metric.field in metric.options:
+            options[metric.field] = value
+        else:
+            fields[metric.field] = value
+    return replace(spec, **fields, options=options)
+
+
+def merge_notes(old: str, new: str, measured: list[str]) -> str:
+    """``metrics_note`` after re-measuring ``measured``: the old note's parts about other metrics,
+    then the new parts (parts are "name: why", joined by "; ")."""
+    kept = [p for p in (old or "").split("; ") if p and p.partition(":")[0] not in measured]
+    return "; ".join(dict.fromkeys([*kept, *[p for p in new.split("; ") if p]]))
 
 
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -56,69 +86,101 @@ def _chunks(models: pd.DataFrame, size: int):
 
 
 def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progress: bool = True) -> dict:
-    """Measure ``family`` on every model of the zoo at ``root``; returns a small summary."""
-    from dataclasses import asdict
-
-    from ..generators.architectures import build_for_task
+    """Measure ``family`` (a metric, a group or all) on every model of the zoo at ``root``;
+    returns {"models": n, "<table>": rows measured} for the tables measured."""
     from ..generators.build import load_spec_task
-    from ..generators.tasks.objectives import objective_for
-    from ..metrics.measure import measure_population
-    from ..studies.runner import card_with_study, get_study
 
+    names = metric_names(family)
+    for item in overrides:
+        if not item.strip().startswith("metrics."):
+            raise SpecError(f"--set {item.partition('=')[0].strip()}: expected a metrics.* field "
+                            "(zoo metrics measures trained models again; other fields need zoo build)")
     manifest = require_intact(root)  # never re-hash a damaged file into a valid-looking zoo
     zoo = load(root)
-    raw = apply_overrides(zoo.manifest["spec"], list(overrides))
-    spec = spec_from_dict(raw)
-    forced = dict(FAMILIES[family])
-    if forced.get("lmc") == "all" and any(o.strip().startswith("metrics.lmc") for o in overrides):
-        forced.pop("lmc")  # `zoo metrics lmc --set metrics.lmc=ste`: the user's alignments win
-    metrics = MetricsSpec(**{**asdict(spec.metrics), **forced})
+    spec = spec_from_dict(apply_overrides(zoo.manifest["spec"], list(overrides)))
+    metrics = metrics_for(spec.metrics, names, list(overrides))
     data = load_spec_task(spec)
-    per_model, pair_tables, layer_tables = [], [], []
-    for aid in zoo.arch_ids:
-        view = zoo.arch(aid)
-        cfg = view.config(view.model_ids[0])
-        build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
-        adapted = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
-        steps = view.steps(aid)
-        for ids in _chunks(view.models, spec.build.max_population):
+    per_model, tables = [], {}
+    with ProgressBar(None, len(zoo.models), desc=f"zoo metrics {family}", enabled=progress,
+                     weights={"measure": 1.0}) as bar:
+        for aid in zoo.arch_ids:
+            _measure_arch(zoo, aid, data, spec.build.max_population, metrics, bar, per_model, tables)
+        bar.stage("publish")
+        models = _merged_models(Path(root), per_model, names)
+        return _publish(Path(root), zoo, manifest, spec, data, models, tables, event={
+            "command": "metrics", "family": family, "set": list(overrides)})
+
+
+def _measure_arch(zoo, aid: str, data, chunk: int, metrics: MetricsSpec, bar: ProgressBar, per_model: list,
+                  tables: dict) -> None:
+    """Measure one architecture's models, cell-complete chunks of at most ``chunk`` models, into
+    ``per_model`` (frames with the new notes) and ``tables`` (name -> frames)."""
+    from ..generators.architectures import build_for_task
+    from ..generators.tasks.objectives import objective_for
+    from ..metrics.base import Population
+    from ..metrics.measure import measure_population
+
+    view = zoo.arch(aid)
+    cfg = view.config(view.model_ids[0])
+    build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
+    adapted = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
+    steps = view.steps(aid)
+    for ids in _chunks(view.models, chunk):
+        with bar.track(len(ids)) as unit:
+            unit.report("load", 0, 1)
             rows = view.models.set_index("model_id").loc[ids]
             weights = np.stack([view.weights(ids, step=s) for s in steps])  # [K, M, P]
-            measured = measure_population(
-                build(), objective_for(adapted), adapted, weights, steps, view.layout_of(aid), ids,
-                rows["cell_id"].tolist(), rows["status"].tolist(), metrics, lr=rows["config.train.lr"].tolist(),
-                optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
-            per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model}))
-            pair_tables.append(measured.pairs)
-            layer_tables.append(measured.layers)
-            if progress:
-                print(f"zoo metrics {family}: {len(ids)} models of {aid}", file=sys.stderr)
+            population = Population(
+                model=build(), objective=objective_for(adapted), data=adapted, weights=weights, steps=steps,
+                layout=view.layout_of(aid), model_ids=ids, cell_ids=rows["cell_id"].tolist(),
+                status=rows["status"].tolist(), lr=rows["config.train.lr"].tolist(), optimizer=cfg["train.optimizer"],
+                momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
+            measured = measure_population(population, metrics, report=unit.report)
+        per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model, "new_note": measured.notes}))
+        for name, table in measured.tables.items():
+            tables.setdefault(name, []).append(table)
 
-    root = Path(root)
+
+def _merged_models(root: Path, per_model: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """models.parquet with the new columns replacing the old ones (phase labels dropped, to be
+    relabelled) and each model's note merged."""
     models = pd.read_parquet(root / "models.parquet")
     new_cols = pd.concat(per_model, ignore_index=True).set_index("model_id")
+    notes = new_cols.pop("new_note")
     stale = [c for c in models if c in new_cols.columns or c in ("phase", "cell_phase") or c.startswith("phase.")]
     models = models.drop(columns=stale).join(new_cols, on="model_id")
+    old_notes = models["metrics_note"] if "metrics_note" in models else pd.Series("", index=models.index)
+    models["metrics_note"] = [merge_notes(o, notes.get(m, ""), names) for o, m in zip(old_notes, models["model_id"])]
+    return models
+
+
+def _publish(root: Path, zoo, manifest: dict, spec, data, models: pd.DataFrame, tables: dict, event: dict) -> dict:
+    """Relabel phases, merge the measured tables into the zoo's, rewrite splits, card and plots,
+    and record every file written in zoo.json (last)."""
+    from ..metrics.base import TABLE_KEYS
+    from ..metrics.registry import METRICS
+    from ..studies.runner import card_with_study, get_study
+
     extra = {"spec": spec.to_dict()}  # the spec as measured: metrics overrides included
     if "train_acc" in models and data.kind == "classification":
         from ..metrics.coverage import label_zoo
 
         models, labels = label_zoo(models, spec.metrics.thresholds, data.n_classes)
         extra.update(labels)
-
-    pairs = pd.concat([t for t in pair_tables if len(t)], ignore_index=True) if any(
-        len(t) for t in pair_tables) else pd.DataFrame()
-    layers = pd.concat([t for t in layer_tables if len(t)], ignore_index=True) if any(
-        len(t) for t in layer_tables) else pd.DataFrame()
+    keys = {**TABLE_KEYS, **{t: k for m in METRICS.values() for t, k in m.tables.items()}}
+    summary = {"models": len(models)}
     written, removed = ["models.parquet"], []
-    for name, new, keys in (("pairs", pairs, PAIR_KEYS), ("layers", layers, ["model_id", "step", "layer"])):
-        write_table(root, name, _merge(zoo._store.table(name), new, keys))
+    for name, parts in tables.items():
+        new = pd.concat([t for t in parts if len(t)], ignore_index=True) if any(len(t) for t in parts) \
+            else pd.DataFrame()
+        summary[name] = len(new)
+        write_table(root, name, _merge(zoo._store.table(name), new, keys[name]))
         (written if (root / f"{name}.parquet").is_file() else removed).append(f"{name}.parquet")
     _write_parquet(root / "models.parquet", pa.Table.from_pandas(models, preserve_index=False))
     split_files, split_removed = write_model_splits(root, models)
     written += split_files
     removed += split_removed
-    present = tuple(n for n in ("pairs", "layers") if (root / f"{n}.parquet").is_file())
+    present = tuple(n for n in keys if (root / f"{n}.parquet").is_file())
     card = dataset_card(spec, models, present, split_files)
     for name, entry in manifest.get("studies", {}).items():  # keep each study's config and section
         card = card_with_study(card, get_study(name), entry)
@@ -131,13 +193,12 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
 
         with contextlib.suppress(ValueError):  # no varying axis: nothing to draw
             written += phase_diagrams(models, root / "plots", thresholds=extra.get("phase_thresholds"))
-    record(root, manifest, written, removed, extra,
-           event={"command": "metrics", "family": family, "set": list(overrides)})
-    return {"models": len(models), "pairs": len(pairs), "layers": len(layers)}
+    record(root, manifest, written, removed, extra, event=event)
+    return summary
 
 
 def cmd_metrics(args) -> int:
     summary = add_metrics(args.dir, args.family, args.set or [], progress=not args.quiet)
-    print(f"added {args.family} metrics to {args.dir}: {summary['models']} models, "
-          f"{summary['pairs']} pair rows, {summary['layers']} layer rows")
+    rows = "".join(f", {n} {name} rows" for name, n in summary.items() if name != "models")
+    print(f"added {args.family} metrics to {args.dir}: {summary['models']} models{rows}")
     return 0

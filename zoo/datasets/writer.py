@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path, atomic_write_bytes
-from ..shards import read_shard, shard_table
+from ..shards import read_shard, shard_table, shard_table_names
 from ..spec import ZooSpec, identity, stable_hash
 from .card import dataset_card
 from .manifest import write_manifest
@@ -75,7 +75,7 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
     population_of = {m.model_id: pop.population_id for pop in pops for m in pop.members}
     splits = assign_splits([p.model_id for p in plans], spec.build.split, spec.build.split_seed)
     models, ckpt_rows, layouts, weights_by_arch = [], {}, {}, {}
-    tables: dict[str, list[pd.DataFrame]] = {"pairs": [], "layers": []}
+    tables: dict[str, list[pd.DataFrame]] = {}  # pairs, layers and the metrics' own tables
     cache: dict[Path, tuple] = {}
     for p in plans:
         path = shards[p.model_id]
@@ -83,8 +83,8 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
             cache.clear()  # one shard in memory at a time: plans are grouped like populations
             meta, arrays = read_shard(path)
             cache[path] = (meta, arrays, {m: i for i, m in enumerate(meta["model_ids"])})
-            for name, parts in tables.items():
-                parts.append(shard_table(arrays, name))
+            for name in shard_table_names(arrays):
+                tables.setdefault(name, []).append(shard_table(arrays, name))
         meta, arrays, index = cache[path]
         steps = meta["checkpoint_steps"]
         w = arrays["weights"]  # [K, M, P]
@@ -134,13 +134,13 @@ def publish(out: Path, spec: ZooSpec, plans, shards: dict[str, Path], pops=(), d
         layout_rows += rows
     _write_parquet(out / "layout.parquet", pa.Table.from_pylist(layout_rows))
     written = ["models.parquet", "layout.parquet", *_write_checkpoints(out, ckpt_rows, mixed=len(layouts) > 1)]
-    written += [f"{n}.parquet" for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file()]
+    present = tuple(n for n in tables if (out / f"{n}.parquet").is_file())
+    written += [f"{n}.parquet" for n in present]
     if spec.build.hdf5:
         _write_hdf5(out, weights_by_arch, layout_rows, models_df, plans)
         written.append("zoo.h5")
     split_files, _ = write_model_splits(out, models_df)
     written += split_files
-    present = tuple(n for n in ("pairs", "layers") if (out / f"{n}.parquet").is_file())
     atomic_write_bytes(out / "README.md", dataset_card(spec, models_df, present, split_files).encode())
     written.append("README.md")
     if len(models_df):
@@ -179,7 +179,7 @@ def generalization_gap(final: dict) -> float:
 
 
 def write_table(out: Path, name: str, table: pd.DataFrame, keep: set[str] | None = None) -> None:
-    """pairs.parquet / layers.parquet: rows of the published models only; no file if empty."""
+    """<name>.parquet (pairs, layers, a metric's own table): rows of the published models only; no file if empty."""
     path = out / f"{name}.parquet"
     if keep is not None and len(table):
         id_cols = [c for c in ("model_id", "model_a", "model_b") if c in table]

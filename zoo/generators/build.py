@@ -21,6 +21,7 @@ import torch
 
 from ..errors import BuildError, DatasetError, os_error_line
 from ..io import atomic_write_bytes
+from ..metrics.base import Population
 from ..metrics.measure import measure_population
 from ..progress import ProgressBar, Reporter
 from ..shards import read_shard, write_shard
@@ -72,11 +73,12 @@ def run_population(pop: PopulationPlan, data: TaskData, shard: Path, threads: in
     if metrics is not None:
         if report:
             report.report("measure", 0, 1, force=True)
-        measured = measure_population(build(), objective_for(data), data, result.weights, result.checkpoint_steps,
-                                      result.layout, result.model_ids, [p.cell_id for p in pop.members],
-                                      result.status, metrics, lr=[m.lr for m in members],
-                                      optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"],
-                                      batch_size=cfg["train.batch_size"])
+        population = Population(
+            model=build(), objective=objective_for(data), data=data, weights=result.weights,
+            steps=result.checkpoint_steps, layout=result.layout, model_ids=result.model_ids,
+            cell_ids=[p.cell_id for p in pop.members], status=result.status, lr=[m.lr for m in members],
+            optimizer=cfg["train.optimizer"], momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
+        measured = measure_population(population, metrics, report=report and report.report)
     try:
         write_shard(shard, pop, result, measured)
     except OSError as e:  # disk full, folder gone: the atomic writer left nothing behind

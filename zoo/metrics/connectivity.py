@@ -39,6 +39,7 @@ from torch import nn
 
 from ..functional import make_forward
 from ..kernels import bezier_coeffs
+from .base import Measured, Metric, Population, pair_rows
 from .paths import (
     barrier_variants,
     batch_statistics,
@@ -264,5 +265,57 @@ def bezier_connectivity(model: nn.Module, objective, params: dict[str, Tensor], 
     return out
 
 
-__all__ = ["BEND_LR_SCALE", "Bends", "bezier_connectivity", "bezier_states", "linear_connectivity", "mode_connectivity",
-           "train_bends"]
+def bend_steps(spec, trained_steps: int) -> int:
+    """The Bezier bend's steps: ``metrics.bezier_steps``, or for -1 ``bezier_budget`` x the steps
+    the models trained (at least 1)."""
+    if spec.bezier_steps >= 0:
+        return spec.bezier_steps
+    return max(1, round(spec.bezier_budget * trained_steps))
+
+
+def mc_tolerance(spec, data) -> float | None:
+    """The phase labels' connected tolerance on mc: mc_tolerance x log(classes) (classification
+    only; other tasks get the bend's relative default)."""
+    from .phases import PhaseThresholds
+
+    if data.kind != "classification":
+        return None
+    return PhaseThresholds(**spec.thresholds).mc_tolerance * math.log(data.n_classes)
+
+
+def measure(pop: Population, spec) -> Measured:
+    """Naive linear paths and Bezier curves between the population's pairs. The bend trains at
+    ``BEND_LR_SCALE`` x model a's learning rate (or metrics.bezier_lr) with the cell's optimizer,
+    batch size and ``bend_steps`` steps, cosine-annealed."""
+    pairs = pop.pairs(spec.pairs == "population")
+    params, buffers = pop.final
+    bn_x = pop.probe(spec.probe_size, "train")
+    cols = linear_connectivity(pop.model, pop.objective, params, buffers, pairs, pop.splits,
+                               n_points=spec.curve_points, bn_reset_x=bn_x)
+    steps = bend_steps(spec, pop.steps[-1])
+    if steps:
+        lr = torch.tensor([pop.lr[pop.healthy[i]] for i in pairs[:, 0].tolist()], dtype=torch.float64)
+        bend_lr = torch.full_like(lr, spec.bezier_lr) if spec.bezier_lr else lr * BEND_LR_SCALE
+        x, y = pop.splits["train"]
+        cols.update(bezier_connectivity(
+            pop.model, pop.objective, params, buffers, pairs, pop.splits, x, y, steps=steps, lr=bend_lr,
+            optimizer=pop.optimizer, momentum=pop.momentum, batch_size=pop.batch_size, n_points=spec.curve_points,
+            seed=0, bn_reset_x=bn_x, schedule="cosine", tol=mc_tolerance(spec, pop.data)))
+    return Measured(tables={"pairs": pair_rows(cols, len(pairs))})
+
+
+METRIC = Metric(
+    name="connectivity",
+    protocol="11 points; the bend trains as long as the models did (`bezier_steps = -1`, `bezier_budget = 1.0`), "
+             "cell's optimizer and batch size, 7.5× its lr, cosine; BatchNorm reset at every point (docs/phases.md)",
+    group="landscape", applies_to="pair", compute=measure, needs_pairs=True,
+    about="mode connectivity of same-cell pairs: linear-path barriers and trained Bezier curves",
+    pair_summaries={"connectivity.mc": "mc.train.loss", "connectivity.barrier": "barrier_max.train.loss"},
+    columns={
+        "connectivity.mc": "mean Bezier mode connectivity (train loss) over the model's same-cell pairs; negative "
+                           "= barrier (sign convention: `mc.<split>.<metric>` of pairs.parquet, under Files above)",
+        "connectivity.barrier": "mean naive linear-path barrier (max variant, train loss) over its same-cell pairs",
+    })
+
+__all__ = ["BEND_LR_SCALE", "Bends", "METRIC", "bend_steps", "bezier_connectivity", "bezier_states",
+           "linear_connectivity", "mc_tolerance", "measure", "mode_connectivity", "train_bends"]

@@ -34,15 +34,16 @@ does not depend on the rest of the population); a sequence gives each model its 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from zoo.functional import make_forward
+from zoo.functional import make_forward, mode
+
+from .base import Measured, Metric, Population
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -70,15 +71,6 @@ class TraceEstimate(NamedTuple):
     converged: torch.Tensor  # [M] bool
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run with ``model`` in eval mode (BatchNorm on running stats), then restore its mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 class PopulationHessian:
@@ -347,7 +339,7 @@ def hvp(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, to
     y [B]) shared by all models), which equals PyHessian's batch-size weighted average of per-batch
     HVPs. A model with a non-finite loss gets NaN only in its own rows.
     """
-    with _eval_mode(model):
+    with mode(model):
         op = PopulationHessian(model, params, buffers, batches, loss, cache=False)
         out = op(op.flat([v[n] for n in op.names]))
     return dict(zip(op.names, op.split(out)))
@@ -366,7 +358,7 @@ def top_eigenvalues(model: nn.Module, params: dict[str, torch.Tensor], buffers: 
     returns the one before; they differ by less than tol relatively). Power iteration finds the
     eigenvalues of largest |lambda|.
     """
-    with _eval_mode(model):
+    with mode(model):
         op = PopulationHessian(model, params, buffers, batches, loss, chunk)
         return _top_eigenvalues(op, k, max_iter, tol, seed)
 
@@ -381,7 +373,7 @@ def trace(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, 
     PyHessian divides by (mean_{t-1} + 1e-6) without the absolute value, which stops at the second
     probe whenever the running mean is negative; here |.| is used, identical for positive traces.
     """
-    with _eval_mode(model):
+    with mode(model):
         op = PopulationHessian(model, params, buffers, batches, loss, chunk)
         return _trace(op, max_iter, tol, seed)
 
@@ -400,7 +392,7 @@ def density(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str
     "hessian.ritz_min" / "hessian.ritz_max" [M]. (PyHessian's own ``density`` calls ``torch.eig``,
     removed from current PyTorch, so dense Hessians are its test reference.)
     """
-    with _eval_mode(model):
+    with mode(model):
         op = PopulationHessian(model, params, buffers, batches, loss, chunk)
         return _density(op, n_iter, n_v, seed)
 
@@ -418,7 +410,7 @@ def hessian_metrics(model: nn.Module, params: dict[str, torch.Tensor], buffers: 
     of :func:`density`. A model whose loss or gradient is not finite gets NaN values and
     converged False; the rest of the population is unaffected.
     """
-    with _eval_mode(model):
+    with mode(model):
         op = PopulationHessian(model, params, buffers, batches, loss, chunk)
         eig = _top_eigenvalues(op, top_k, max_iter, tol, seed)
         tr = _trace(op, max_iter, tol, seed)
@@ -431,5 +423,69 @@ def hessian_metrics(model: nn.Module, params: dict[str, torch.Tensor], buffers: 
     return {k: v.numpy() for k, v in out.items()}
 
 
-__all__ = ["PopulationHessian", "TopEigen", "TraceEstimate", "cross_entropy_per_sample", "density",
-           "hessian_metrics", "hvp", "top_eigenvalues", "trace"]
+def _per_sample_loss(kind: str) -> Loss | None:
+    """The task's per-sample loss: cross-entropy (None: this module's) or squared error."""
+    if kind == "classification":
+        return None
+    return lambda out, y: (out - y).pow(2).flatten(2).mean(2)
+
+
+def hessian_columns(model: nn.Module, params, buffers, data, spec) -> dict[str, np.ndarray]:
+    """Top eigenvalue(s), trace and (optionally) SLQ summary on the first
+    hessian_batches x hessian_batch_size training samples: {column: [M]}."""
+    n = min(spec.hessian_batches * spec.hessian_batch_size, len(data.x_train))
+    x, y = torch.as_tensor(data.x_train[:n]), torch.as_tensor(data.y_train[:n])
+    batches = [(x[i:i + spec.hessian_batch_size], y[i:i + spec.hessian_batch_size])
+               for i in range(0, n, spec.hessian_batch_size)]
+    out = hessian_metrics(model, params, buffers, batches, top_k=spec.hessian_top_k,
+                          max_iter=spec.hessian_max_iter, tol=spec.hessian_tol, seed=0,
+                          density=spec.hessian_density, loss=_per_sample_loss(data.kind))
+    cols = {}
+    for k, v in out.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 1:
+            cols[k] = v
+        elif k == "hessian.top_eigs" and v.shape[1] > 1:
+            cols.update({f"hessian.eig_{i + 1}": v[:, i] for i in range(v.shape[1])})
+        elif k in ("hessian.eig_iters", "hessian.eig_converged"):
+            cols[k] = v[:, 0]
+    return cols
+
+
+def measure(pop: Population, spec) -> Measured:
+    """The Hessian columns of the final weights; with ``hessian_checkpoints`` also the top
+    eigenvalue and trace at every checkpoint (checkpoint rows)."""
+    params, buffers = pop.final
+    cols = hessian_columns(pop.model, params, buffers, pop.data, spec)
+    result = Measured(per_model={k: pop.spread(v) for k, v in cols.items()})
+    if spec.hessian_checkpoints:  # sharpness along training
+        sharp = {name: np.full((len(pop.steps), pop.m), np.nan) for name in ("hessian.top_eig", "hessian.trace")}
+        for k in range(len(pop.steps)):
+            ok = pop.healthy[np.isfinite(pop.weights[k][pop.healthy]).all(1)]
+            if len(ok):
+                cols = hessian_columns(pop.model, *pop.state(k, ok), pop.data, spec)
+                for name in sharp:
+                    sharp[name][k, ok] = cols[name]
+        result.per_checkpoint = sharp
+    return result
+
+
+METRIC = Metric(
+    name="hessian",
+    group="landscape", applies_to="model", compute=measure, kinds=("classification", "regression"),
+    protocol="reference zoo protocol: 10 batches × 64 samples, ≤ 100 iterations, rel. tol. 1e-3, k = 1; "
+             "optional SLQ density",
+    about="sharpness of the training loss: Hessian top eigenvalue and trace (PyHessian's protocol)",
+    columns={
+        "hessian.top_eig / hessian.trace": "top eigenvalue (power iteration) and trace (Hutchinson, Rademacher "
+                                           "probes) of the training-loss Hessian at the final weights, on the first "
+                                           "metrics.hessian_batches x hessian_batch_size training samples",
+        "hessian.eig_<k>": "the k-th largest eigenvalue (with metrics.hessian_top_k > 1)",
+        "hessian.*_iters / *_converged": "iterations used and whether the relative tolerance was met",
+        "hessian.ritz_min / ritz_max / negative_mass": "stochastic Lanczos quadrature summary: extreme Ritz "
+                                                       "values and the density's negative mass "
+                                                       "(with metrics.hessian_density)",
+    })
+
+__all__ = ["METRIC", "PopulationHessian", "TopEigen", "TraceEstimate", "cross_entropy_per_sample", "density",
+           "hessian_columns", "hessian_metrics", "hvp", "measure", "top_eigenvalues", "trace"]

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..functional import mode
+from .base import Measured, Metric, Population
 from .matching import (
     activation_matching,
     aligned_pairs,
@@ -104,12 +106,8 @@ def repair(model: nn.Sequential, a: dict[str, Tensor], b: dict[str, Tensor], sta
     if not repairable(model):
         raise ValueError("repair: needs an nn.Sequential of Linear/Conv/activation/pooling/Flatten layers "
                          "whose hidden Linear/Conv have biases (BatchNorm nets: reset statistics instead)")
-    was = model.training
-    model.eval()  # dropout off
-    try:
+    with mode(model):  # dropout off
         return _repair(model, a, b, states, ts, x, eps)
-    finally:
-        model.train(was)
 
 
 def _repair(model, a, b, states, ts, x, eps):
@@ -214,12 +212,8 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
                 matched[base] = ste_matching(model, objective, spec, params, buffers, pairs, *splits["train"],
                                              seed=seed)["perms"]
             else:
-                was = model.training
-                model.eval()
-                try:
+                with mode(model):
                     matched[base] = activation_matching(model, spec, params, buffers, pairs, probe_x)
-                finally:
-                    model.train(was)
         perms = matched[base]
         a, b = aligned_pairs(spec, {**params, **buffers}, pairs, perms)
         pa, pb = {n: a[n] for n in params}, {n: b[n] for n in params}
@@ -252,4 +246,32 @@ def lmc_pairs(model: nn.Module, objective, params: dict[str, Tensor], buffers: d
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), perms_out
 
 
-__all__ = ["ALIGNMENTS", "lmc_pairs", "repair", "repairable"]
+MODE_ALIGNMENTS = {"weight": ("weight",), "ste": ("weight", "ste"), "all": ("weight", "activation", "weight+repair")}
+
+
+def measure(pop: Population, spec) -> Measured:
+    """Aligned paths of the population's pairs for the alignments of ``metrics.lmc`` (weight |
+    ste | all), with each pair's permutation of model b as ``perm.<name>`` columns."""
+    pairs = pop.pairs(spec.pairs == "population")
+    params, buffers = pop.final
+    rows, perms = lmc_pairs(pop.model, pop.objective, params, buffers, pairs, pop.splits, pop.probe(spec.probe_size),
+                            alignments=MODE_ALIGNMENTS[spec.lmc], n_points=spec.curve_points,
+                            layerwise=spec.lmc == "all")
+    for key, value in perms.items():  # "<alignment>/<perm name>" -> [K, n]
+        alignment, _, name = key.partition("/")
+        column = np.empty(len(rows), dtype=object)
+        for row in np.flatnonzero((rows["alignment"] == alignment).to_numpy()):
+            column[row] = np.asarray(value)[rows["pair_index"].iloc[row]]
+        rows[f"perm.{name}"] = column
+    return Measured(tables={"pairs": rows})
+
+
+METRIC = Metric(
+    name="lmc",
+    protocol="build: `metrics.lmc = \"weight\"`; `\"ste\"` adds STE (zoo/metrics/ste.py); `\"all\"` every alignment; "
+             "`metrics.pairs = \"population\"` adds pairs across cells",
+    switch="lmc", on="all", off="none", applies_to="pair", compute=measure, needs_pairs=True,
+    about="linear mode connectivity after permutation alignment (weight / activation matching, STE, REPAIR)",
+    columns={})  # its rows are pairs.parquet's aligned rows (the card's pairs section)
+
+__all__ = ["ALIGNMENTS", "METRIC", "MODE_ALIGNMENTS", "lmc_pairs", "measure", "repair", "repairable"]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import kernels as zk
-from ..functional import evaluate, is_linear_stack, make_forward
+from ..functional import evaluate, is_linear_stack, make_forward, mode
 from ..generators.architectures.dropout import no_dropout
 
 Tensor = torch.Tensor
@@ -73,13 +73,8 @@ def _bn_momentum(model: nn.Module, value: float | None):
 def batch_statistics(model: nn.Module):
     """Train mode with dropout off: BatchNorm normalises with batch statistics (and updates its
     running stats) while the net stays deterministic. The model's mode is restored on exit."""
-    was = model.training
-    model.train()
-    try:
-        with no_dropout(model):
-            yield
-    finally:
-        model.train(was)
+    with mode(model, train=True), no_dropout(model):
+        yield
 
 
 @torch.no_grad()

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..functional import mode
 from ..kernels import gram_hsic
+from .base import Measured, Metric, Population, pair_rows
 
 Tensor = torch.Tensor
 
@@ -129,23 +131,18 @@ def representations(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
                     x: Tensor) -> dict[str, Tensor]:
     """Logits [M, N, C] and penultimate features [M, N, D] (input of the head) of M stacked models
     on shared x [N, ...], in eval mode (BatchNorm uses each model's running statistics)."""
-    was = model.training
-    model.eval()
-    try:
+    def one(p, b):
+        seen = []
+        handle = last.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        try:
+            out = functional_call(model, (p, b), (x,))
+        finally:
+            handle.remove()
+        return out, seen[-1]
+
+    with mode(model):
         last = _last_layer(model, params, buffers, x)
-
-        def one(p, b):
-            seen = []
-            handle = last.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-            try:
-                out = functional_call(model, (p, b), (x,))
-            finally:
-                handle.remove()
-            return out, seen[-1]
-
         logits, penultimate = vmap(one)(params, {k: v.clone() for k, v in buffers.items()})
-    finally:
-        model.train(was)
     return {"logits": logits.flatten(2), "penultimate": penultimate.flatten(2)}
 
 
@@ -170,4 +167,20 @@ def pair_cka(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Ten
     return out
 
 
-__all__ = ["constant", "constant_rule", "linear_cka", "pair_cka", "rbf_cka", "representations"]
+def measure(pop: Population, spec) -> Measured:
+    """Linear CKA of every pair's logits and penultimate features on the test probe batch."""
+    pairs = pop.pairs(spec.pairs == "population")
+    cols = pair_cka(pop.model, *pop.final, pairs, pop.probe(spec.probe_size))
+    return Measured(tables={"pairs": pair_rows(cols, len(pairs))})
+
+
+METRIC = Metric(
+    name="cka",
+    protocol="512-sample test probe; a constant representation has CKA 0 (two constant ones: 1)",
+    group="landscape", applies_to="pair", compute=measure, kinds=("classification",), needs_pairs=True,
+    about="representation similarity of same-cell pairs: linear CKA of logits and penultimate features",
+    pair_summaries={"similarity.cka": "cka.logits"},
+    columns={"similarity.cka": "mean linear CKA of logits on the probe batch over its same-cell pairs "
+                               "(a constant representation: the rule of zoo/metrics/similarity.py)"})
+
+__all__ = ["METRIC", "constant", "constant_rule", "linear_cka", "measure", "pair_cka", "rbf_cka", "representations"]

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ..kernels import powerlaw_scan
+from .base import Measured, Metric, Population
 
 Tensor = torch.Tensor
 SMALL_N = 20  # WW_powerlaw.SMALL_N_CUTOFF
@@ -373,5 +374,42 @@ def spectral_tables(model: nn.Module, params: dict[str, Tensor], model_ids: list
     return table, summary.rename_axis("model_id").reset_index()
 
 
-__all__ = ["FitOptions", "SUMMARY_METRICS", "farms_matrices", "fit_tails", "layer_weights", "matrices",
-           "mp_softrank", "spectral_tables"]
+def measure(pop: Population, spec) -> Measured:
+    """Spectral tables of the chosen checkpoints (``spectral_checkpoints``: final | all); the final
+    one's per-model summary goes to the model rows, and a model with no fitted layer gets a note
+    saying why (the layers' ``reason``)."""
+    chosen = range(len(pop.steps)) if spec.spectral_checkpoints == "all" else [len(pop.steps) - 1]
+    ids = [pop.model_ids[i] for i in pop.healthy]
+    result, tables = Measured(notes=[""] * pop.m), []
+    for k in chosen:
+        layers, summary = spectral_tables(pop.model, pop.state(k)[0], ids, pop.steps[k], farms=spec.farms)
+        tables.append(layers)
+        if k != len(pop.steps) - 1:
+            continue
+        summary = summary.set_index("model_id").reindex(pop.model_ids)
+        result.per_model = {c: summary[c].to_numpy(dtype=np.float64) for c in summary.columns}
+        alpha = result.per_model.get("spectral.alpha_mean", np.full(pop.m, np.nan))
+        for mid, rows in layers.groupby("model_id", sort=False):
+            i = pop.model_ids.index(mid)
+            if not np.isfinite(alpha[i]):
+                reasons = sorted({r for r in rows["reason"] if r})
+                result.notes[i] = "spectral: no layer's power law could be fitted (" + "; ".join(reasons) + ")"
+    result.tables["layers"] = pd.concat(tables, ignore_index=True)
+    return result
+
+
+METRIC = Metric(
+    name="spectral",
+    applies_to="layer", compute=measure,
+    protocol="WeightWatcher 0.7 `analyze()` conventions; FARMS 100×100 windows on a 9×9 offset grid; "
+             "per layer → `layers.parquet`",
+    about="heavy-tailed self-regularization of every weight matrix (WeightWatcher's ESD fits, FARMS)",
+    columns={
+        "spectral.<metric>_mean": "mean over layers of a per-layer spectral metric of layers.parquet (alpha, "
+                                  "alpha_weighted, log_norm, stable_rank, farms_alpha, ...), over the layers "
+                                  "where it is finite",
+        "spectral.n_fitted": "layers whose power-law fit succeeded (the others have a `reason` in layers.parquet)",
+    })
+
+__all__ = ["FitOptions", "METRIC", "SUMMARY_METRICS", "farms_matrices", "fit_tails", "layer_weights", "matrices",
+           "measure", "mp_softrank", "spectral_tables"]
