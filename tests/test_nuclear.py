@@ -2,12 +2,18 @@
 norm, and the population metric against a per-model loop."""
 
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from test_datasets import SMOKE_SETS, built_zoo
 from torch import nn
 
+from zoo.datasets.verify import verify
 from zoo.functional import layout_of, load_flat, stack_states, to_flat
 from zoo.generators.tasks.base import TaskData
 from zoo.generators.tasks.objectives import objective_for
@@ -96,3 +102,16 @@ def test_unhealthy_models_get_nan_and_leave_the_others_unchanged():
         np.testing.assert_allclose(res.per_model[col][[0, 2, 3]], full.per_model[col][[0, 2, 3]], rtol=1e-6)
     none = METRIC.compute(population(m=2, status=["failed", "failed"])[0], spec)
     assert all(np.isnan(v).all() and v.shape == (2,) for v in none.per_model.values())
+
+
+def test_zoo_metrics_nuclear_norm_measures_a_published_zoo(tmp_path_factory, tmp_path, data_root):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(built_zoo(tmp_path_factory, "smoke", "smoke", SMOKE_SETS), zoo)
+    r = subprocess.run([sys.executable, "-m", "zoo.cli", "metrics", "nuclear_norm", str(zoo), "--quiet",
+                        "--set", "metrics.nuclear_norm_probe=64"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = pd.read_parquet(zoo / "models.parquet")
+    norm, exact = m["nuclear.norm"], m["nuclear.exact"]
+    assert norm.notna().all() and (exact <= norm * (1 + 1e-9)).all() and (norm <= math.sqrt(10) * exact).all()
+    assert m["nuclear.fro"].between(1 / math.sqrt(10), 1).all()
+    assert "`nuclear.norm`" in (zoo / "README.md").read_text() and verify(zoo) == []

@@ -1,12 +1,19 @@
 """Input sensitivity (zoo.metrics.sensitivity): forward-mode diagonal derivatives against central
 finite differences, the population metric against a per-model reverse-mode loop, Spearman against scipy."""
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 import torch
+from test_datasets import SMOKE_SETS, built_zoo
 from torch import nn
 
+from zoo.datasets.verify import verify
 from zoo.functional import layout_of, load_flat, stack_states, to_flat
 from zoo.generators.architectures import build_model
 from zoo.generators.tasks.base import TaskData
@@ -131,3 +138,18 @@ def test_token_inputs_and_pinn_tasks_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="real-valued inputs.*tokens"):
         METRIC.compute(pop, MetricsSpec(options={"sensitivity_probe": 10}))
     assert METRIC.applies("regression") and not METRIC.applies("pinn")
+
+
+def test_zoo_metrics_sensitivity_measures_a_published_zoo(tmp_path_factory, tmp_path, data_root):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(built_zoo(tmp_path_factory, "smoke", "smoke", SMOKE_SETS), zoo)
+    r = subprocess.run([sys.executable, "-m", "zoo.cli", "metrics", "sensitivity", str(zoo), "--quiet",
+                        "--set", "metrics.sensitivity_probe=32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = pd.read_parquet(zoo / "models.parquet")
+    table = pd.read_parquet(zoo / "sensitivity.parquet")
+    assert all(m[c].notna().all() for c in METRIC.columns)
+    assert len(table) == len(m) * 40 and not table.duplicated(["model_id", "feature"]).any()  # MNIST-1D: 40
+    means = table.groupby("model_id")["d1"].mean()
+    np.testing.assert_allclose(m.set_index("model_id")["sensitivity.d1_mean"].loc[means.index], means, rtol=1e-6)
+    assert verify(zoo) == []

@@ -11,6 +11,8 @@ Exact, by forward mode: three nested jvps along the one-hot tangent e_j, given t
 the probe at once (in eval mode the samples do not interact, so the tangent of sample n's loss is
 its own derivative); vmap runs every feature and every model. Summaries per feature j are
 mean_n |d_k[n, j]| (the table's d1, d2, d3); per model, their means over the features.
+Cost: about 8 forward rows per (model, feature, sample); 64 MNIST-1D MLPs (width 64, 40 features,
+256 samples) take ~20 s on one busy CPU core; image inputs cost F / 40 times that.
 
 The derivative-free sensitivity beside them is the Spearman rank correlation over the probe
 between feature j and the loss, rho_j = corr(rank x_{:,j}, rank l) (average ranks for ties, as
@@ -21,6 +23,8 @@ rank with the loss the most. Inputs must be real-valued (token inputs have no de
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -65,7 +69,9 @@ def diagonal_derivatives(model: nn.Module, params: dict[str, Tensor], buffers: d
         return torch.stack([d1, d2, d3])
 
     over_features = vmap(derivatives, in_dims=(None, None, 0), out_dims=2)
-    return vmap(over_features, in_dims=(0, 0, None))(params, buffers, features)
+    with warnings.catch_warnings():  # torch scripts some nested forward-mode rules on first use, and says so
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        return vmap(over_features, in_dims=(0, 0, None))(params, buffers, features)
 
 
 def ranks(v: Tensor) -> Tensor:
