@@ -18,11 +18,11 @@ from pathlib import Path
 
 import _harness as h
 
-from zoo.generators.build import build
+from zoo.pipeline import build
 from zoo.spec import load_spec
 
 STAGES = {  # stage -> (module, function) the build looks up at call time
-    "train": ("zoo.generators.build", "train_population"),
+    "train": ("zoo.pipeline", "train_population"),
     "hessian": ("zoo.metrics.hessian", "hessian_columns"),
     "spectral": ("zoo.metrics.spectral", "spectral_tables"),
     "connectivity": ("zoo.metrics.connectivity", "linear_connectivity"),

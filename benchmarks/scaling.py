@@ -21,7 +21,7 @@ from pathlib import Path
 import _harness as h
 import numpy as np
 
-from zoo.generators.build import build
+from zoo.pipeline import build
 from zoo.spec import load_spec
 
 

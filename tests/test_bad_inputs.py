@@ -71,7 +71,7 @@ def no_training(monkeypatch):
     def accepted(spec, out, **kwargs):
         raise AssertionError(f"spec accepted: {spec}")
 
-    monkeypatch.setattr("zoo.generators.build.build", accepted)
+    monkeypatch.setattr("zoo.pipeline.build", accepted)
 
 
 # ---------------------------------------------------------------- generated: every field of every section

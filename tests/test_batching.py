@@ -35,7 +35,7 @@ MIXED_SETS = ['phase.axes=[{name="capacity", key="arch.width", values=[8, 16]}, 
 @pytest.fixture(scope="session")
 def mixed_zoo(tmp_path_factory, data_root) -> Path:
     """12 tiny MLPs of 4 archs: width {8, 16} x depth {1, 2} x 3 seeds."""
-    from zoo.generators.build import build
+    from zoo.pipeline import build
     from zoo.spec import load_spec
 
     root = tmp_path_factory.getbasetemp() / "zoo-mixed"

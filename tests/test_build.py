@@ -159,8 +159,8 @@ def test_parallel_build_equals_serial(smoke_zoo, tmp_path):
 
 def test_calibration_measures_three_terms_and_estimates_use_them(tmp_path, monkeypatch):
     import zoo.cost as cost
-    from zoo.generators.build import checkpoint_steps
     from zoo.generators.sampling import group_populations, plan_models
+    from zoo.pipeline import checkpoint_steps
     from zoo.spec import load_spec
 
     monkeypatch.setattr(cost, "_calibration_paths", lambda: [tmp_path / "calibration.json"])

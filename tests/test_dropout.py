@@ -126,8 +126,8 @@ def test_cnn_dropout_on_the_vmap_path_matches_per_model_loop(mnist1d_small):
 
 def test_ids_and_fingerprints_published_before_the_dropout_axis_are_unchanged():
     from zoo.datasets.writer import arch_id
-    from zoo.generators.build import spec_fingerprint
     from zoo.generators.sampling import plan_models
+    from zoo.pipeline import spec_fingerprint
     from zoo.spec import load_spec
 
     spec = load_spec("smoke")  # ids computed by the release before arch.dropout existed

@@ -15,9 +15,9 @@ import pytest
 from test_datasets import SMOKE_SETS, built_zoo
 
 from zoo.datasets import verify
-from zoo.generators.build import prepare_output
 from zoo.generators.claims import Claims
 from zoo.io import sha256_file
+from zoo.pipeline import prepare_output
 from zoo.spec import load_spec
 
 ZOO = [sys.executable, "-m", "zoo.cli"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo.datasets.card import column_lines
-from zoo.metrics.registry import METRICS, OPTIONS, markdown_table
+from zoo.datasets.card import column_lines, metrics_table
+from zoo.metrics.registry import METRICS, OPTIONS
 from zoo.spec import MetricsSpec, SpecError, load_spec, spec_from_dict
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,7 +19,7 @@ def test_readme_metrics_table_is_the_registry():
     start = text.index("<!-- metrics table")
     start = text.index("\n", start) + 1
     end = text.index("<!-- end of metrics table -->")
-    assert text[start:end].strip() == markdown_table(), "run python -m zoo.metrics.registry and paste it"
+    assert text[start:end].strip() == metrics_table(), "run python -m zoo.datasets.card and paste it"
 
 
 def test_every_metric_declares_itself_in_its_own_file():

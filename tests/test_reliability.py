@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from zoo.generators import build as build_mod
-from zoo.generators.build import BuildError, build
+from zoo import pipeline as build_mod
 from zoo.generators.claims import Claims
 from zoo.io import atomic_path, sha256_file
+from zoo.pipeline import BuildError, build
 from zoo.spec import load_spec
 
 ZOO = [sys.executable, "-m", "zoo.cli"]

@@ -61,7 +61,7 @@ def _start_backend(args) -> None:
 
 
 def _cmd_build(args) -> int:
-    from .generators.build import build
+    from .pipeline import build
     from .spec import load_spec, validate
 
     spec = load_spec(args.preset, args.set)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..metrics.coverage import coverage_lines, phase_coverage
-from ..spec import ZooSpec
+from ..spec import MetricsSpec, ZooSpec
 
 COLUMNS = {  # what training and publishing write; each metric's columns come from the registry
     "model_id": "stable id: hash of the model's full config and seed",
@@ -67,6 +67,20 @@ def column_lines() -> list[str]:
         where = metric.compute.__module__.replace(".", "/") + ".py"
         lines += [f"- `{k}` ({where}): {v}" for k, v in metric.columns.items()]
     return lines + [f"- `{k}`: {v}" for k, v in tail.items()]
+
+
+def metrics_table() -> str:
+    """README's metrics table, one row per registered metric (``python -m zoo.datasets.card``
+    prints it; a test keeps README equal to it)."""
+    from ..metrics.registry import METRICS
+
+    default = MetricsSpec()
+    rows = ["| metric (`zoo metrics NAME`) | file | what | switch | protocol |", "| --- | --- | --- | --- | --- |"]
+    for m in METRICS.values():
+        where = m.compute.__module__.removeprefix("zoo.metrics.") + ".py"
+        switch = f"`metrics.{m.field}`" + ("" if m.enabled(default) else " (off by default)")
+        rows.append(f"| {m.name} | `{where}` | {m.about} | {switch} | {m.protocol} |")
+    return "\n".join(rows)
 
 
 def metric_table_lines(tables: tuple[str, ...]) -> list[str]:
@@ -369,3 +383,7 @@ def citation_lines(spec: ZooSpec) -> list[str]:
         "```",
         "",
     ]
+
+
+if __name__ == "__main__":
+    print(metrics_table())

@@ -88,7 +88,7 @@ def _chunks(models: pd.DataFrame, size: int):
 def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progress: bool = True) -> dict:
     """Measure ``family`` (a metric, a group or all) on every model of the zoo at ``root``;
     returns {"models": n, "<table>": rows measured} for the tables measured."""
-    from ..generators.build import load_spec_task
+    from ..pipeline import load_spec_task
 
     names = metric_names(family)
     for item in overrides:

@@ -1,6 +1,7 @@
 """The registered metrics, in measuring order: one line per metric file (``zoo/metrics/base.py``
-says what a file declares). The measure step, ``zoo metrics NAME``, the ``[metrics]`` options
-and the dataset card's column table are all derived from this list."""
+says what a file declares). The measure step, ``zoo metrics NAME``, the ``[metrics]`` options,
+the dataset card's columns and README's metrics table (``python -m zoo.datasets.card``) are all
+derived from this list."""
 
 from __future__ import annotations
 
@@ -26,21 +27,4 @@ for _m in METRICS.values():
 
 
 
-def markdown_table() -> str:
-    """README's metrics table, one row per registered metric (``python -m zoo.metrics.registry``
-    prints it; a test keeps README equal to it)."""
-    from ..spec import MetricsSpec
-
-    default = MetricsSpec()
-    rows = ["| metric (`zoo metrics NAME`) | file | what | switch | protocol |", "| --- | --- | --- | --- | --- |"]
-    for m in METRICS.values():
-        where = m.compute.__module__.removeprefix("zoo.metrics.") + ".py"
-        switch = f"`metrics.{m.field}`" + ("" if m.enabled(default) else " (off by default)")
-        rows.append(f"| {m.name} | `{where}` | {m.about} | {switch} | {m.protocol} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(markdown_table())
-
-__all__ = ["GROUPS", "METRICS", "OPTIONS", "markdown_table"]
+__all__ = ["GROUPS", "METRICS", "OPTIONS"]

@@ -1,4 +1,5 @@
-"""plan -> populations -> shards: the build pipeline and its execution backend.
+"""The pipeline above its stages: plan -> populations (train, then measure) -> shards -> publish,
+and its execution backend.
 
 One population is the unit of work, of parallelism (one joblib task) and of crash recovery:
 its results are written as one shard file, atomically; a rerun skips populations whose shard
@@ -19,19 +20,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import BuildError, DatasetError, os_error_line
-from ..io import atomic_write_bytes
-from ..metrics.base import Population
-from ..metrics.measure import measure_population
-from ..progress import ProgressBar, Reporter
-from ..shards import read_shard, write_shard
-from ..spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
-from .adaptive import adaptive_plans
-from .architectures import build_for_task
-from .population import Member, TrainConfig, train_population
-from .sampling import PopulationPlan, arch_key, checkpoint_steps, group_populations, plan_models
-from .tasks import DatasetMissing, TaskData, load_task_section, task_record
-from .tasks.objectives import objective_for
+from .errors import BuildError, DatasetError, os_error_line
+from .generators.adaptive import adaptive_plans
+from .generators.architectures import build_for_task
+from .generators.population import Member, TrainConfig, train_population
+from .generators.sampling import PopulationPlan, arch_key, checkpoint_steps, group_populations, plan_models
+from .generators.tasks import DatasetMissing, TaskData, load_task_section, task_record
+from .generators.tasks.objectives import objective_for
+from .io import atomic_write_bytes
+from .metrics.base import Population
+from .metrics.measure import measure_population
+from .progress import ProgressBar, Reporter
+from .shards import read_shard, write_shard
+from .spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
 NEW_STATE_PREFIX = ".zoo-new-"  # a build state being assembled (see prepare_output)
@@ -109,7 +110,7 @@ def cell_summary(spec: ZooSpec, plans, shards: dict[str, Path], n_classes: int |
     models = pd.DataFrame(rows)
     labels = pd.Series("", index=models.index)
     if n_classes and "train_loss" in models:
-        from ..metrics.phases import PhaseThresholds, assign_phases
+        from .metrics.phases import PhaseThresholds, assign_phases
 
         labels = assign_phases(models, PhaseThresholds(**spec.metrics.thresholds), n_classes)["cell_phase"]
     metric = spec.phase.refine_metric
@@ -170,7 +171,7 @@ def prepare_output(out: Path, spec: ZooSpec) -> None:
 
 def _refuse_newer_schema(out: Path) -> None:
     """A zoo written by a newer zoo package is left alone, before anything else happens."""
-    from ..datasets.manifest import SCHEMA_VERSION
+    from .datasets.manifest import SCHEMA_VERSION
 
     try:
         version = json.loads((out / "zoo.json").read_text()).get("schema_version")
@@ -220,7 +221,7 @@ def pending_populations(pops: list[PopulationPlan], done: dict[str, Path]) -> li
 
 def population_cap(spec: ZooSpec, plans, max_memory: int | None) -> dict[str, int]:
     """Largest population per arch whose parameters, optimizer state and activations fit."""
-    from ..cost import model_costs
+    from .cost import model_costs
 
     states = 3 if spec.train.optimizer == "sgd" else 4
     caps: dict[str, int] = {}
@@ -275,8 +276,8 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     """
     from joblib import Parallel, delayed, parallel_config
 
-    from ..datasets.writer import publish
-    from .claims import Claims
+    from .datasets.writer import publish
+    from .generators.claims import Claims
 
     out = Path(out)
     data = load_spec_task(spec, data_root)  # before touching the output folder
@@ -349,8 +350,8 @@ def is_published(out: Path, plans, repair: bool) -> bool:
     """True if ``out`` already holds an intact zoo of exactly these models: a rerun then changes
     nothing, so whatever `zoo metrics` or `zoo study` added stays. A damaged zoo is refused, or
     with ``repair`` republished from the build's shards (which drops results added later)."""
-    from ..datasets.manifest import require_intact
-    from ..datasets.reader import read_table
+    from .datasets.manifest import require_intact
+    from .datasets.reader import read_table
 
     if not (out / "zoo.json").exists():
         return False
