@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..functional import make_forward
+from ..functional import make_forward, mode
 from .base import Measured, Metric, Option, Population
 
 Tensor = torch.Tensor
@@ -53,16 +53,12 @@ def nuclear_exact(a: Tensor) -> Tensor:
 def probabilities(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
     """Softmax outputs [M, R, C] (float64) of M stacked models on shared x [B, ...], in eval mode;
     R = B, or B x positions for outputs [B, ..., C]."""
-    was = model.training
-    model.eval()
-    try:
-        forward = make_forward(model)
-        m = next(iter(params.values())).shape[0]
-        step = max(1, ROWS // m)
+    forward = make_forward(model)
+    m = next(iter(params.values())).shape[0]
+    step = max(1, ROWS // m)
+    with mode(model, train=False):
         logits = torch.cat([forward(params, buffers, x[s:s + step].expand(m, *x[s:s + step].shape))
                             for s in range(0, x.shape[0], step)], 1)
-    finally:
-        model.train(was)
     return torch.softmax(logits.double().reshape(m, -1, logits.shape[-1]), dim=-1)
 
 

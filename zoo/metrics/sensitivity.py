@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from ..functional import population_forward
+from ..functional import mode, population_forward
 from .base import Measured, Metric, Option, Population
 
 Tensor = torch.Tensor
@@ -104,16 +104,10 @@ def compute(pop: Population, spec) -> Measured:
     y = y.to(dtype) if y.is_floating_point() else y
     m, n, f = len(pop.healthy), x.shape[0], x[0].numel()
     step = max(1, ROWS // (m * n))
-    was = pop.model.training
-    pop.model.eval()
-    try:
-        with torch.no_grad():
-            losses = vmap(loss, in_dims=(0, None))(population_forward(pop.model, params, buffers, x), y)  # [m, N]
-            chunks = torch.arange(f).split(step)
-            d = torch.cat([diagonal_derivatives(pop.model, params, buffers, x, y, loss, j).abs().mean(2)
-                           for j in chunks], 2).double()  # [m, 3, F]: mean_n |d_k[n, j]|
-    finally:
-        pop.model.train(was)
+    with mode(pop.model, train=False), torch.no_grad():
+        losses = vmap(loss, in_dims=(0, None))(population_forward(pop.model, params, buffers, x), y)  # [m, N]
+        d = torch.cat([diagonal_derivatives(pop.model, params, buffers, x, y, loss, j).abs().mean(2)
+                       for j in torch.arange(f).split(step)], 2).double()  # [m, 3, F]: mean_n |d_k[n, j]|
     flat = x.reshape(n, f).T  # [F, N]
     rho = spearman(flat, losses[:, None])  # [m, F]
     varies = flat.amax(1) > flat.amin(1)
