@@ -1,13 +1,20 @@
 """SAE Match (zoo.metrics.sae_match): a planted permutation of features is recovered exactly (with
 and without folding, through an MLP layer), batched SAE training equals one SAE at a time, a
-model's results do not depend on its population mates, and the metric on trained and
-residual-stream models is finite and in range."""
+model's results do not depend on its population mates, the metric on trained and residual-stream
+models is finite and in range, and `zoo metrics sae_match` adds it to a published zoo."""
+
+import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from test_datasets import SMOKE_SETS, built_zoo
 from torch import nn
 
+from zoo.datasets.verify import verify
 from zoo.functional import layout_of, stack_states
 from zoo.generators.architectures import build_model
 from zoo.generators.population import Member, TrainConfig, train_population
@@ -199,3 +206,20 @@ def test_option_defaults_come_from_the_registry():
     spec = MetricsSpec()
     assert spec.sae_match is False and spec.sae_expansion == 2 and spec.sae_steps == 300
     assert not METRIC.enabled(spec) and METRIC.enabled(MetricsSpec(options={"sae_match": True}))
+
+
+def test_zoo_metrics_sae_match_measures_a_published_zoo(tmp_path_factory, tmp_path, data_root):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(built_zoo(tmp_path_factory, "smoke", "smoke", SMOKE_SETS), zoo)
+    r = subprocess.run([sys.executable, "-m", "zoo.cli", "metrics", "sae_match", str(zoo), "--quiet",
+                        "--set", "metrics.sae_steps=40", "--set", "metrics.sae_probe=128"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = pd.read_parquet(zoo / "models.parquet")
+    ok = m["status"] == "ok"
+    for col in METRIC.columns:
+        assert m.loc[ok, col].notna().all() and m.loc[~ok, col].isna().all(), col
+    assert (m.loc[ok, "sae.recon_ev_mean"] <= 1).all() and (m.loc[ok, "sae.match_mse_mean"] >= 0).all()
+    table = pd.read_parquet(zoo / "sae.parquet")
+    assert sorted(table["model_id"]) == sorted(m.loc[ok, "model_id"]) and set(table["layer_pair"]) == {"0->1"}
+    assert "`sae.match_ev_mean`" in (zoo / "README.md").read_text() and verify(zoo) == []
