@@ -103,6 +103,8 @@ class ProgressBar:
                         dynamic_ncols=True, smoothing=0, file=sys.stderr,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._stop, self._lock = threading.Event(), threading.Lock()
+        # redraw twice a second on a terminal; in a log file (a cluster job's stderr) every 30 s
+        self._every = 0.5 if getattr(sys.stderr, "isatty", lambda: False)() else 30.0
         self._thread = threading.Thread(target=self._poll, daemon=True) if enabled else None
         self._token = None
 
@@ -173,7 +175,7 @@ class ProgressBar:
             self.bar.refresh()
 
     def _poll(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(self._every):
             self._show(self._running())
 
 
