@@ -20,7 +20,7 @@ from torch import nn
 from zoo.functional import stack_states
 from zoo.generators.architectures import FAMILIES, build_for_task, build_model, check_fits
 from zoo.generators.architectures.family import Family
-from zoo.generators.tasks import TASK_SHAPES, task_kind, task_shape
+from zoo.generators.tasks import TASKS, task_kind, task_shape
 from zoo.metrics.matching import (
     apply_permutation,
     apply_permutation_stacked,
@@ -32,7 +32,6 @@ from zoo.spec import ArchSpec, SpecError, load_spec
 
 torch.set_num_threads(1)
 PACKAGE = Path(__file__).resolve().parents[1] / "zoo"
-TASKS = [*TASK_SHAPES, "modular"]
 
 # family -> (a task it accepts, a task it refuses or None when it takes every task)
 WRONG = {"mlp": ("mnist1d", None), "pinn": ("convection", "modular"), "cnn": ("mnist1d", "convection"),

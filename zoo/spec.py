@@ -21,9 +21,6 @@ from typing import Any
 
 from .errors import SpecError  # re-exported: callers import it from here
 
-TASKS = ("mnist1d", "digits", "modular", "teacher_student", "convection",
-         "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tinyimagenet")
-CLASSIFICATION_TASKS = tuple(t for t in TASKS if t not in ("teacher_student", "convection"))
 OPERATIONS = ("add", "sub", "mul", "div")
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leaky_relu")
 OPTIMIZERS = ("sgd", "adam")
@@ -235,6 +232,13 @@ def metric_options() -> dict:
     return OPTIONS
 
 
+def _task_names() -> tuple[str, ...]:
+    """The registered tasks (asked when a spec is checked)."""
+    from .generators.tasks import TASKS
+
+    return TASKS
+
+
 def _family_names() -> tuple[str, ...]:
     """The registered architecture families (asked when a spec is checked, so that importing this
     module does not import torch)."""
@@ -244,7 +248,8 @@ def _family_names() -> tuple[str, ...]:
 
 
 CHOICES = {  # allowed values, or a function giving them
-    "task.name": TASKS, "task.operation": OPERATIONS, "arch.family": _family_names, "arch.activation": ACTIVATIONS,
+    "task.name": _task_names, "task.operation": OPERATIONS, "arch.family": _family_names,
+    "arch.activation": ACTIVATIONS,
     "arch.init": INITS, "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "phase.sampler": SAMPLERS,
     "metrics.thresholds.sharpness_metric": ("hessian.trace", "hessian.top_eig"),
 }
@@ -397,12 +402,14 @@ def _validate_cell(spec: ZooSpec) -> None:
                         f"{t.n_train} samples at train.batch_size {tr.batch_size} = {steps:,} steps")
     if tr.checkpoints > steps:
         raise SpecError(f"train.checkpoints: expected at most train.steps ({steps}), got {tr.checkpoints}")
-    pairs = t.modulus * (t.modulus - 1 if t.operation == "div" else t.modulus)  # b = 0 has no inverse
-    limits = {"mnist1d": 5000, "digits": 1797, "modular": pairs}
-    if t.name in limits and t.n_train + t.n_test > limits[t.name]:
-        raise SpecError(f"task.n_train + task.n_test: expected at most {limits[t.name]} for {t.name}, "
+    from .generators.tasks import get_task
+
+    task = get_task(t.name)
+    limit = task.samples({f"task.{k}": v for k, v in asdict(t).items()}) if task.samples else None
+    if limit is not None and t.n_train + t.n_test > limit:
+        raise SpecError(f"task.n_train + task.n_test: expected at most {limit} for {t.name}, "
                         f"got {t.n_train + t.n_test}")
-    if t.label_noise > 0 and t.name not in CLASSIFICATION_TASKS:
+    if t.label_noise > 0 and task.kind != "classification":
         raise SpecError(f"task.label_noise: expected 0 for {t.name} (classification tasks only), "
                         f"got {t.label_noise!r}")
     if tr.batch_size > t.n_train * t.train_fraction:

@@ -25,17 +25,17 @@ from .reader import load
 from .writer import _write_parquet, write_model_splits, write_table
 
 
-def metric_names(family: str) -> list[str]:
-    """The registered metrics ``zoo metrics FAMILY`` measures: one metric, a group, or all."""
+def metric_names(choice: str) -> list[str]:
+    """The registered metrics ``zoo metrics CHOICE`` measures: one metric, a group, or all."""
     from ..metrics.registry import GROUPS, METRICS
 
-    if family == "all":
+    if choice == "all":
         return list(METRICS)
-    if family in GROUPS:
-        return GROUPS[family]
-    if family in METRICS:
-        return [family]
-    raise SpecError(f"zoo metrics: unknown metric {family!r}; choose from {', '.join([*METRICS, *GROUPS, 'all'])}")
+    if choice in GROUPS:
+        return GROUPS[choice]
+    if choice in METRICS:
+        return [choice]
+    raise SpecError(f"zoo metrics: unknown metric {choice!r}; choose from {', '.join([*METRICS, *GROUPS, 'all'])}")
 
 
 def metrics_for(spec: MetricsSpec, names: list[str], overrides: list[str]) -> MetricsSpec:

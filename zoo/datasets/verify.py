@@ -39,12 +39,13 @@ def _columns(name: str, names: list[str]) -> list[str]:
 
 def _classification(manifest: dict) -> bool:
     """Whether the zoo's task has accuracies (the task record, or the spec for older zoos)."""
-    from ..spec import CLASSIFICATION_TASKS
+    from ..generators.tasks import REGISTRY
 
     task = manifest.get("task") or {}
     if "kind" in task:
         return task["kind"] == "classification"
-    return manifest["spec"].get("task", {}).get("name", "mnist1d") in CLASSIFICATION_TASKS
+    name = manifest["spec"].get("task", {}).get("name", "mnist1d")
+    return name in REGISTRY and REGISTRY[name].kind == "classification"
 
 
 def _tables(root: Path, manifest: dict) -> list[str]:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from .base import TaskData
+from .base import Task, TaskData, fixed
 
 
 def _split(n: int, n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +83,25 @@ def convection(n_train: int, n_test: int, data_seed: int, beta: float = 1.0, **_
     ic = np.stack([np.linspace(0, 2 * np.pi, 128, endpoint=False), np.zeros(128)], 1).astype(np.float32)
     return TaskData("convection", xc, np.zeros(n_train, np.float32), x_test, u, n_classes=1, kind="pinn",
                     extras={"beta": beta, "ic_points": ic, "bc_times": np.linspace(0, 1, 64, dtype=np.float32)})
+
+
+def _pairs(config: dict) -> int:
+    """The (a, b) pairs of Z_p the modular task has (b = 0 has no inverse under div)."""
+    p = config["task.modulus"]
+    return p * (p - 1 if config["task.operation"] == "div" else p)
+
+
+def _local(make):
+    """``Task.load`` of a task made locally: the data root is not needed."""
+    return lambda n_train, n_test, seed, root, **options: make(n_train, n_test, seed, **options)
+
+
+TASKS = (
+    Task("digits", "classification", load=_local(digits), shape=fixed((1, 8, 8), 10), samples=lambda c: 1797),
+    Task("modular", "classification", load=_local(modular), shape=lambda c: ((3,), c["task.modulus"],
+                                                                             c["task.modulus"] + 1),
+         samples=_pairs, options=("modulus", "operation")),
+    Task("teacher_student", "regression", load=_local(teacher_student),
+         shape=lambda c: ((c["task.input_dim"],), 1, None), options=("input_dim",)),
+    Task("convection", kind="pinn", load=_local(convection), shape=fixed((2,), 1), options=("beta",)),
+)

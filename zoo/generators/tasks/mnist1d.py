@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ...io import atomic_path
-from .base import TaskData
+from .base import Task, TaskData, fixed
 
 
-def load(n_train: int, n_test: int, data_seed: int, data_root: Path) -> TaskData:
+def load(n_train: int, n_test: int, data_seed: int, data_root: Path, **_) -> TaskData:
     cache = Path(data_root) / f"mnist1d-seed{data_seed}.npz"
     if not cache.exists():
         from mnist1d.data import get_dataset_args, make_dataset
@@ -32,3 +32,7 @@ def load(n_train: int, n_test: int, data_seed: int, data_root: Path) -> TaskData
             x_test=d["x_test"][:n_test], y_test=d["y_test"][:n_test],
             n_classes=10,
         )
+
+
+TASK = Task("mnist1d", "classification", load=load, shape=fixed((40,), 10),
+            samples=lambda config: 5000)  # the package's 4000 train + 1000 test

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .base import TaskData
+from .base import Task, TaskData, fixed
 
 
 class DatasetMissing(RuntimeError):
@@ -99,14 +100,14 @@ def _read_tinyimagenet(root: Path):
     return np.stack(xtr), np.array(ytr), np.stack(xte), np.array(yte)
 
 
-READERS = {
-    "mnist": (lambda r: _read_mnist_like(r, "MNIST"), 10),
-    "fashion_mnist": (lambda r: _read_mnist_like(r, "FashionMNIST"), 10),
+READERS = {  # name -> (reader, classes, sample shape)
+    "mnist": (lambda r: _read_mnist_like(r, "MNIST"), 10, (1, 28, 28)),
+    "fashion_mnist": (lambda r: _read_mnist_like(r, "FashionMNIST"), 10, (1, 28, 28)),
     "cifar10": (lambda r: _read_cifar(r, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                                      "test_batch", "labels"), 10),
-    "cifar100": (lambda r: _read_cifar(r, "cifar-100-python", ["train"], "test", "fine_labels"), 100),
-    "svhn": (_read_svhn, 10),
-    "tinyimagenet": (_read_tinyimagenet, 200),
+                                      "test_batch", "labels"), 10, (3, 32, 32)),
+    "cifar100": (lambda r: _read_cifar(r, "cifar-100-python", ["train"], "test", "fine_labels"), 100, (3, 32, 32)),
+    "svhn": (_read_svhn, 10, (3, 32, 32)),
+    "tinyimagenet": (_read_tinyimagenet, 200, (3, 64, 64)),
 }
 
 
@@ -127,7 +128,7 @@ def _download(name: str, root: Path) -> None:
 def load(name: str, n_train: int, n_test: int, data_seed: int, data_root: Path, download: bool = False,
          **_) -> TaskData:
     """Read (downloading first if allowed) and normalise per channel with training statistics."""
-    reader, n_classes = READERS[name]
+    reader, n_classes, _ = READERS[name]
     arrays = reader(Path(data_root))
     if arrays is None:
         if not download:
@@ -147,3 +148,8 @@ def load(name: str, n_train: int, n_test: int, data_seed: int, data_root: Path, 
     std = xtr.std(axis=(0, 2, 3), keepdims=True) + 1e-6
     return TaskData(name, (xtr - mean) / std, ytr[tr].astype(np.int64), (xte - mean) / std,
                     yte[te].astype(np.int64), n_classes=n_classes)
+
+
+TASKS = tuple(Task(name, "classification", load=partial(load, name), shape=fixed(sample_shape, classes),
+                   options=("download",))
+              for name, (_, classes, sample_shape) in READERS.items())
