@@ -24,6 +24,7 @@ import pytest
 
 from zoo.cli import main
 from zoo.io import sha256_file
+from zoo.metrics.registry import OPTIONS
 from zoo.spec import SECTIONS
 
 SMOKE = ["build", "--preset", "smoke", "--quiet"]
@@ -120,19 +121,34 @@ BAD_VALUES = {  # values of the right type that make no sense for the field
 }
 
 
+def spec_fields() -> dict[str, str]:
+    """Every key a user can set, with its type's name: the sections' fields (``metrics.options``
+    is the registered metrics' options, listed one by one) and each metric's options."""
+    keys = {f"{s}.{f.name}": str(f.type) for s, cls in SECTIONS.items() for f in fields(cls)
+            if f"{s}.{f.name}" != "metrics.options"}
+    keys.update({f"metrics.{k}": type(o.default).__name__ for k, o in OPTIONS.items()})
+    return keys
+
+
+def option_bad_values(key: str) -> list[str]:
+    """Out-of-range and off-choice values of a registered metric option."""
+    option = OPTIONS.get(key.removeprefix("metrics."))
+    if option is None:
+        return []
+    out = ["-1000000000000", "1000000000000"] if option.range else []
+    return out + (["'not-a-choice'"] if option.choices else [])
+
+
 def generated_cases():
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            key = f"{section}.{f.name}"
-            for value in WRONG_TYPE.get(str(f.type), []) + BAD_VALUES.get(key, []):
-                yield pytest.param(key, value, id=f"{key}={value}")
+    for key, type_name in spec_fields().items():
+        for value in WRONG_TYPE.get(type_name, []) + BAD_VALUES.get(key, []) + option_bad_values(key):
+            yield pytest.param(key, value, id=f"{key}={value}")
 
 
 def test_the_catalogue_covers_every_field():
-    keys = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)}
-    assert set(BAD_VALUES) <= keys
-    untyped = [k for s, cls in SECTIONS.items() for f in fields(cls) if str(f.type) not in WRONG_TYPE
-               for k in [f"{s}.{f.name}"]]
+    keys = spec_fields()
+    assert set(BAD_VALUES) <= set(keys)
+    untyped = [k for k, t in keys.items() if t not in WRONG_TYPE]
     assert not untyped, f"fields of a type the catalogue cannot generate cases for: {untyped}"
 
 
