@@ -542,6 +542,11 @@ OS_CASES = [  # (id, command on the zoo, errno, atomic writes that succeed first
     ("metrics ENOSPC after one table", lambda r, t: ["metrics", "spectral", r, "--quiet"], errno.ENOSPC, 1,
      "free disk space"),
     ("metrics EACCES", lambda r, t: ["metrics", "spectral", r, "--quiet"], errno.EACCES, 0, "permissions"),
+    # new values (FARMS off changes layers.parquet and models.parquet): files written before the
+    # disk filled must be rolled back, not left beside an old zoo.json
+    *[(f"metrics ENOSPC after {n} new files", lambda r, t: ["metrics", "spectral", r, "--quiet", "--set",
+                                                             "metrics.farms=false"], errno.ENOSPC, n, "free disk space")
+      for n in (1, 2, 4)],
     ("export EROFS", lambda r, t: ["export", r, "--format", "npz", "--out", t / "export"], errno.EROFS, 0,
      "read-only"),
     ("export parquet ENOSPC", lambda r, t: ["export", r, "--format", "parquet", "--out", t / "export"],

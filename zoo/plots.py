@@ -159,18 +159,19 @@ def cmd_plot(args) -> int:
     """`zoo plot DIR`: phase diagrams under DIR/plots/; zoo.json records the plots' checksums.
 
     The zoo is checked against zoo.json first, so a damaged file is refused, never re-hashed."""
-    from .datasets.manifest import record, require_intact
+    from .datasets.manifest import all_or_nothing, record, require_intact
     from .datasets.reader import read_table
 
     root = Path(args.dir)
     manifest = require_intact(root)  # DatasetError -> one line, exit 2
     models = read_table(root, "models.parquet")
     try:
-        paths = phase_diagrams(models, root / "plots", thresholds=manifest.get("phase_thresholds"))
+        with all_or_nothing(root):
+            paths = phase_diagrams(models, root / "plots", thresholds=manifest.get("phase_thresholds"))
+            record(root, manifest, written=paths, event={"command": "plot"})
     except ValueError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
-    record(root, manifest, written=paths, event={"command": "plot"})
     for p in paths:
         print(p)
     return 0

@@ -8,9 +8,13 @@ A file it did not write is never re-hashed, so damage can never become the new t
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,6 +74,41 @@ def require_intact(root: str | Path) -> dict:
         raise DatasetError(f"{root}: {problems[0]}{more}; refusing to write into a damaged zoo. "
                            f"Run `zoo verify {root}` and restore or rebuild it")
     return manifest
+
+
+def _published_files(root: Path) -> set[Path]:
+    """Every file of the zoo, relative to ``root``, outside the build state and undo folders."""
+    return {p.relative_to(root) for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".zoo") for part in p.relative_to(root).parts)}
+
+
+@contextmanager
+def all_or_nothing(root: str | Path) -> Iterator[None]:
+    """Rewrite a published zoo so that an error (a full disk, Ctrl-C) leaves it as it was.
+
+    Every file is hard-linked aside first: writers replace files by rename, so a link keeps the
+    old bytes and costs no space. On error the links are renamed back (which needs no space
+    either) and files the command added are removed; either way the undo folder goes.
+    """
+    root = Path(root)
+    before = _published_files(root)
+    undo = Path(tempfile.mkdtemp(prefix=".zoo-undo-", dir=root))
+    try:
+        for rel in before:
+            (undo / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(root / rel, undo / rel)
+            except OSError:  # a file system without hard links: a copy (fails, if at all, before any change)
+                shutil.copy2(root / rel, undo / rel)
+        yield
+    except BaseException:
+        for rel in _published_files(root) - before:
+            (root / rel).unlink(missing_ok=True)
+        for rel in before:
+            os.replace(undo / rel, root / rel)
+        raise
+    finally:
+        shutil.rmtree(undo, ignore_errors=True)
 
 
 def _git_hash() -> str:

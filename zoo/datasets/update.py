@@ -20,7 +20,7 @@ from ..io import atomic_write_bytes
 from ..progress import ProgressBar
 from ..spec import MetricsSpec, SpecError, apply_overrides, spec_from_dict
 from .card import dataset_card
-from .manifest import record, require_intact
+from .manifest import all_or_nothing, record, require_intact
 from .reader import load
 from .writer import _write_parquet, write_model_splits, write_table
 
@@ -107,8 +107,9 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
             _measure_arch(zoo, aid, data, spec.build.max_population, metrics, bar, per_model, tables)
         bar.stage("publish")
         models = _merged_models(Path(root), per_model, names)
-        return _publish(Path(root), zoo, manifest, spec, data, models, tables, event={
-            "command": "metrics", "family": family, "set": list(overrides)})
+        with all_or_nothing(root):  # a full disk midway leaves the zoo as it was
+            return _publish(Path(root), zoo, manifest, spec, data, models, tables, event={
+                "command": "metrics", "family": family, "set": list(overrides)})
 
 
 def _measure_arch(zoo, aid: str, data, chunk: int, metrics: MetricsSpec, bar: ProgressBar, per_model: list,
