@@ -352,6 +352,79 @@ def test_merge_many_recovers_planted_permutations_of_three_copies(smoke):
             torch.testing.assert_close(back[n], one[n], rtol=0, atol=0)
 
 
+# ---------------------------------------------------------------- speed-ups keep the numbers
+
+def _plain_weight_matching(spec, params, pairs, seed: int, tol: float = 1e-12) -> dict:
+    """Weight matching as first written: every pair solves every step's LAP (nothing skipped)."""
+    from zoo.metrics.matching import _cost, _lap, identity_perms
+
+    a = {k: v[pairs[:, 0]].double() for k, v in params.items() if k in spec.axes_to_perm}
+    b = {k: v[pairs[:, 1]].double() for k, v in params.items() if k in spec.axes_to_perm}
+    perms, names = identity_perms(spec, len(pairs)), list(spec.perm_to_axes)
+    gen = torch.Generator().manual_seed(seed)
+    active, sweeps = torch.ones(len(pairs), dtype=torch.bool), torch.zeros(len(pairs), dtype=torch.long)
+    for _ in range(100):
+        idx = active.nonzero()[:, 0]
+        if not len(idx):
+            break
+        changed = torch.zeros(len(idx), dtype=torch.bool)
+        for pi in torch.randperm(len(names), generator=gen).tolist():
+            p = names[pi]
+            sub = {q: v[idx] for q, v in perms.items()}
+            cost = _cost(spec, p, {k: v[idx] for k, v in a.items()}, {k: v[idx] for k, v in b.items()}, sub)
+            new = _lap(cost)
+            old_val = cost.gather(2, sub[p][:, :, None]).sum((1, 2))
+            better = cost.gather(2, new[:, :, None]).sum((1, 2)) - old_val > tol * old_val.abs().clamp_min(1.0)
+            perms[p][idx[better]] = new[better]
+            changed |= better
+        sweeps[idx] += 1
+        active[idx[~changed]] = False
+    return {"perms": perms, "sweeps": sweeps}
+
+
+def test_weight_matching_that_skips_unchanged_costs_gives_the_plain_result(smoke):
+    from zoo.metrics.matching import apply_permutation_stacked, permutation_spec, random_perms, weight_matching
+    from zoo.studies.base import populations, task_data
+
+    zoo = load(smoke)
+    for pop in populations(zoo, task_data(zoo)):
+        spec = permutation_spec(pop.model)
+        m = len(pop.model_ids)
+        # trained pairs, and near-copies (a permuted model plus noise: the warm-started case of STE)
+        noisy = apply_permutation_stacked(spec, random_perms(spec, m, seed=1),
+                                          {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=torch.Generator()
+                                                                               .manual_seed(2), dtype=v.dtype)
+                                           for k, v in pop.params.items()})
+        both = {k: torch.cat([v, noisy[k]]) for k, v in pop.params.items()}
+        pairs = torch.tensor([(i, j) for i in range(m) for j in range(i + 1, m)] + [(i, m + i) for i in range(m)])
+        for seed in (0, 3):
+            ours, plain = weight_matching(spec, both, pairs, seed=seed), _plain_weight_matching(spec, both, pairs, seed)
+            assert torch.equal(ours["sweeps"], plain["sweeps"])
+            for p in plain["perms"]:
+                assert torch.equal(ours["perms"][p], plain["perms"][p])
+        lean = weight_matching(spec, both, pairs, objectives=False)
+        assert set(lean) == {"perms", "sweeps"}
+
+
+def test_ste_budget_snapshots_are_the_shorter_searches(smoke):
+    from zoo.metrics.matching import permutation_spec
+    from zoo.metrics.ste import ste_merge
+    from zoo.studies.base import populations, task_data
+
+    zoo = load(smoke)
+    pop = next(populations(zoo, task_data(zoo)))
+    spec, groups = permutation_spec(pop.model), torch.tensor([[0, 1], [2, 3], [4, 5]])
+    args = (pop.model, pop.objective, spec, pop.params, pop.buffers, groups, pop.x_train, pop.y_train)
+    long = ste_merge(*args, steps=12, at=(4, 12), select=256)
+    short = ste_merge(*args, steps=4, select=256)
+    for p in short["perms"]:
+        assert torch.equal(long["at"][4][0][p], short["perms"][p])
+        assert torch.equal(long["at"][12][0][p], long["perms"][p])
+    np.testing.assert_array_equal(long["at"][4][1], short["loss"])
+    assert ((long["best_step"] >= 1) & (long["best_step"] <= 12)).all()
+    assert (long["loss"] <= long["loss_first"]).all() and (long["loss"] <= short["loss"]).all()
+
+
 # ---------------------------------------------------------------- finetune
 
 def test_relabelling_moves_every_class():

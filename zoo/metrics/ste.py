@@ -36,7 +36,8 @@ def _compose(first: dict[str, Tensor], then: dict[str, Tensor]) -> dict[str, Ten
 
 def ste_merge(model: nn.Module, objective, spec: PermutationSpec, params: dict[str, Tensor],
               buffers: dict[str, Tensor], groups, x: Tensor, y: Tensor, steps: int = 200, lr: float = 0.1,
-              momentum: float = 0.9, batch_size: int = 128, select: int = 1024, seed: int = 0) -> dict:
+              momentum: float = 0.9, batch_size: int = 128, select: int = 1024, seed: int = 0,
+              at: tuple[int, ...] = ()) -> dict:
     """STE permutations for G groups [G, k] of the stacked population ``params`` / ``buffers`` [M, ...].
 
     ``x`` [N, ...], ``y`` [N]: the data whose batch loss of the merged model drives the search
@@ -45,7 +46,10 @@ def ste_merge(model: nn.Module, objective, spec: PermutationSpec, params: dict[s
     noisy to rank permutations), so the result is never worse there than the first step's, weight
     matching to member 0. Returns {"perms": {p: LongTensor[G, k, n]} (member 0 the identity;
     member j permuted by perms[:, j] is aligned to the group), "loss": [G] the merged model's loss
-    on the selection set, "loss_first": [G] the same at the first step}.
+    on the selection set, "loss_first": [G] the same at the first step, "best_step": [G] the step
+    (1-based) at which the kept permutation was found}; with ``at`` (step counts) also
+    "at": {s: (perms, loss)} the result a budget of s steps gives (the first s steps of a longer
+    search are the whole of a shorter one: same batches, same updates).
     """
     groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
     g, k = groups.shape
@@ -60,18 +64,22 @@ def ste_merge(model: nn.Module, objective, spec: PermutationSpec, params: dict[s
     perms = identity_perms(spec, len(others))
     best = {p: v.clone() for p, v in perms.items()}
     best_loss = torch.full((g,), float("inf"), dtype=torch.float64)
+    best_step = torch.zeros(g, dtype=torch.long)
+    snapshots = {}
     first_loss = None
     gen = torch.Generator().manual_seed(seed)
     order = torch.cat([torch.randperm(len(x), generator=gen) for _ in range(steps * batch_size // len(x) + 1)])
     bn, was = has_batchnorm(model), model.training
+    scored = None  # per group, the permutations whose selection loss was last computed
     model.eval()  # dropout off; BatchNorm nets normalise with the merged model's batch statistics
     try:
         for step in range(steps):
             with torch.no_grad():  # 1. project B onto the free copy, warm-started from the last permutation
                 current = apply_permutation_stacked(spec, perms, moving)
                 both = {n: torch.cat([free[n].detach(), current[n]]) for n in free}
-                perms = _compose(perms, weight_matching(spec, both, pairs, seed=seed + step)["perms"])
-                projected = apply_permutation_stacked(spec, perms, moving)
+                delta = weight_matching(spec, both, pairs, seed=seed + step, objectives=False)["perms"]
+                perms = _compose(perms, delta)
+                projected = apply_permutation_stacked(spec, delta, current)  # = perms applied to moving
             # 2.-3. the merged model's loss, straight through the projection into the free copy
             ste = {n: free[n] + (projected[n] - free[n]).detach() for n in free}
             merged = {n: (ref[n] + ste[n].unflatten(0, (k - 1, g)).sum(0)) / k for n in ref}
@@ -79,21 +87,40 @@ def ste_merge(model: nn.Module, objective, spec: PermutationSpec, params: dict[s
             loss = _loss(objective, forward, model, bn, merged, merged_buffers, x[idx], y[idx])
             grads = torch.autograd.grad(loss.sum(), list(free.values()))
             with torch.no_grad():
-                value = _loss(objective, forward, model, bn, merged, merged_buffers, x[:select], y[:select])
+                # the merged model's value is a function of the permutations alone: score only the
+                # groups whose permutations moved since they were last scored (the others' selection
+                # loss is the one already compared with their best)
+                moved = (torch.ones(g, dtype=torch.bool) if scored is None else torch.stack(
+                    [(perms[p] != scored[p]).any(1) for p in perms]).any(0).unflatten(0, (k - 1, g)).any(0))
+                sel = moved.nonzero()[:, 0]
+                value = torch.full((g,), float("inf"), dtype=torch.float64)
+                if len(sel):
+                    value[sel] = _loss(objective, forward, model, bn, {n: v[sel] for n, v in merged.items()},
+                                       {n: v[sel] for n, v in merged_buffers.items()}, x[:select], y[:select])
+                scored = {p: v.clone() for p, v in perms.items()}
                 first_loss = value.clone() if first_loss is None else first_loss
                 better = value < best_loss
                 best_loss = torch.where(better, value, best_loss)
+                best_step[better] = step + 1
                 rows = better.repeat(k - 1)
                 for p in best:
                     best[p][rows] = perms[p][rows]
+                if step + 1 in at:
+                    snapshots[step + 1] = (_by_group(spec, best, g, k), best_loss.numpy().copy())
                 for (n, v), grad in zip(free.items(), grads, strict=True):
                     velocity[n] = momentum * velocity[n] + torch.nan_to_num(grad)
                     v.sub_(lr * velocity[n])
     finally:
         model.train(was)
-    out = {p: torch.cat([torch.arange(n).expand(g, 1, n), v.unflatten(0, (k - 1, g)).transpose(0, 1)], 1)
-           for p, v, n in ((p, best[p], spec.sizes[p]) for p in best)}
-    return {"perms": out, "loss": best_loss.numpy(), "loss_first": first_loss.numpy()}
+    out = {"perms": _by_group(spec, best, g, k), "loss": best_loss.numpy(), "loss_first": first_loss.numpy(),
+           "best_step": best_step.numpy()}
+    return {**out, "at": snapshots} if at else out
+
+
+def _by_group(spec: PermutationSpec, perms: dict[str, Tensor], g: int, k: int) -> dict[str, Tensor]:
+    """Member-major permutations [(k-1) G, n] as [G, k, n] with member 0 the identity."""
+    return {p: torch.cat([torch.arange(n).expand(g, 1, n), perms[p].unflatten(0, (k - 1, g)).transpose(0, 1)], 1)
+            for p, n in spec.sizes.items()}
 
 
 def _loss(objective, forward, model, bn, params, buffers, x, y) -> Tensor:
