@@ -136,3 +136,17 @@ def test_folder_from_a_newer_schema_is_refused_untouched(tmp_path):
                  ["info", str(out)], ["verify", str(out)], ["metrics", "spectral", str(out)], ["plot", str(out)]):
         assert_user_error(run_zoo(*args), "schema")
     assert before == {p: sha256_file(p) for p in out.rglob("*") if p.is_file()}
+
+
+def test_adaptive_refine_metric_is_checked_before_training(tmp_path):
+    r = run_zoo("build", "--phase", "adaptive", "--preset", "smoke", "--set", "phase.refine_metric=foo",
+                "--out", str(tmp_path / "out"))
+    assert_user_error(r, "phase.refine_metric", "train_loss", "hessian.*", "'foo'")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecError, match="hessian"):  # a switched-off metric's columns are not offered
+        load_spec("smoke", ["phase.sampler='adaptive'", "phase.refine_metric='hessian.trace'", "metrics.hessian=false"])
+
+
+def test_memory_budget_message_uses_a_readable_unit(tmp_path):
+    r = run_zoo("build", "--preset", "smoke", "--max-memory", "1K", "--out", str(tmp_path / "out"))
+    assert_user_error(r, "KiB", "memory budget 1 KiB")

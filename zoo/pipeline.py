@@ -122,6 +122,14 @@ def cell_summary(spec: ZooSpec, plans, shards: dict[str, Path], n_classes: int |
     return {c: (float(g[metric].mean()), str(g["_label"].iloc[0])) for c, g in groups}
 
 
+def _size(n_bytes: float) -> str:
+    """A byte count as a person reads it: 512 KiB, 3.2 MiB, 1.50 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes / 2**10:.0f} KiB"
+
+
 def load_spec_task(spec: ZooSpec, data_root: Path | None = None) -> TaskData:
     """The task data of a spec; a dataset that is not available is a user error."""
     try:
@@ -231,7 +239,7 @@ def population_cap(spec: ZooSpec, plans, max_memory: int | None) -> dict[str, in
         cap = spec.build.max_population if max_memory is None else int(max_memory // per_model)
         if cap < 1:
             raise BuildError(f"one model of {p.config['arch.family']} width {p.config['arch.width']} needs "
-                             f"~{per_model / 2**30:.2f} GiB, over the memory budget {max_memory / 2**30:.2f} GiB; "
+                             f"~{_size(per_model)}, over the memory budget {_size(max_memory)}; "
                              "raise --max-memory or lower train.batch_size")
         key = arch_key(p.config)
         caps[key] = min(caps.get(key, spec.build.max_population), cap, spec.build.max_population)

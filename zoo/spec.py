@@ -487,11 +487,30 @@ def _check_arch_fits_task(spec: ZooSpec) -> None:
                         f"(shape {'x'.join(map(str, shape[0]))}): {e}") from None
 
 
+TRAINING_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc", "ggap")
+
+
+def _check_refine_metric(spec: ZooSpec) -> None:
+    """phase.refine_metric names a training column or a column of an enabled metric (by its
+    prefix, e.g. ``hessian.``), so an adaptive build does not fail after its coarse grid."""
+    from .metrics.registry import METRICS
+
+    metric = spec.phase.refine_metric
+    prefixes = {col.partition(".")[0] for m in METRICS.values() if m.enabled(spec.metrics)
+                for col in (*m.columns, *m.pair_summaries)}
+    if metric not in TRAINING_COLUMNS and metric.partition(".")[0] not in prefixes:
+        raise SpecError(f"phase.refine_metric: expected a training column ({', '.join(TRAINING_COLUMNS)}) or a "
+                        f"column of an enabled metric ({', '.join(sorted(p + '.*' for p in prefixes))}), "
+                        f"got {_show(metric)}")
+
+
 def validate(spec: ZooSpec) -> None:
     """Raise SpecError (one line) on the first invalid field or phase axis value, or on the first
     cell of the grid (every axis value applied) whose fields do not fit together."""
     _validate_fields(spec)
     _validate_metrics(spec.metrics)
+    if spec.phase.sampler == "adaptive":
+        _check_refine_metric(spec)
     seeds = spec.phase.seeds
     if not seeds or any(type(s) is not int or not 0 <= s <= MAX_SEED for s in seeds):
         raise SpecError(f"phase.seeds: expected a non-empty list of ints in [0, {MAX_SEED}], got {_show(seeds)}")
