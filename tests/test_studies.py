@@ -356,7 +356,7 @@ def test_merge_many_recovers_planted_permutations_of_three_copies(smoke):
 
 def _plain_weight_matching(spec, params, pairs, seed: int, tol: float = 1e-12) -> dict:
     """Weight matching as first written: every pair solves every step's LAP (nothing skipped)."""
-    from zoo.metrics.matching import _cost, _lap, identity_perms
+    from zoo.metrics.matching import _cost, identity_perms, linear_assignment
 
     a = {k: v[pairs[:, 0]].double() for k, v in params.items() if k in spec.axes_to_perm}
     b = {k: v[pairs[:, 1]].double() for k, v in params.items() if k in spec.axes_to_perm}
@@ -372,7 +372,7 @@ def _plain_weight_matching(spec, params, pairs, seed: int, tol: float = 1e-12) -
             p = names[pi]
             sub = {q: v[idx] for q, v in perms.items()}
             cost = _cost(spec, p, {k: v[idx] for k, v in a.items()}, {k: v[idx] for k, v in b.items()}, sub)
-            new = _lap(cost)
+            new = linear_assignment(cost)
             old_val = cost.gather(2, sub[p][:, :, None]).sum((1, 2))
             better = cost.gather(2, new[:, :, None]).sum((1, 2)) - old_val > tol * old_val.abs().clamp_min(1.0)
             perms[p][idx[better]] = new[better]
@@ -461,6 +461,47 @@ def test_finetune_and_scratch_equal_a_per_model_sgd_loop(smoke):
             acc = (net(xt).argmax(-1) == yt).double().mean().item()
         assert rows.at[mid, column] == pytest.approx(acc, abs=1e-12)
     assert rows.at[mid, "gain"] == rows.at[mid, "finetuned_acc"] - rows.at[mid, "scratch_acc"]
+
+
+def test_regenerated_mnist1d_with_the_source_knobs_is_the_zoos_task(smoke):
+    from zoo.generators.tasks import load_task_section
+    from zoo.studies.finetune import MNIST1D_TRANSLATION, regenerated
+
+    zoo = load(smoke)
+    task = zoo.manifest["spec"]["task"]
+    source, same = load_task_section(task), regenerated(task, MNIST1D_TRANSLATION, 1.0)
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(same[key], getattr(source, key))
+    state = np.random.get_state()[1].copy()
+    changed = regenerated(task, 12, 2.0)
+    assert np.array_equal(np.random.get_state()[1], state)  # the global numpy stream is left alone
+    assert changed["x_train"].shape == source.x_train.shape and set(changed["y_train"]) == set(source.y_train)
+    assert not np.allclose(changed["x_train"], source.x_train)
+    again = regenerated(task, 12, 2.0)  # cached and deterministic
+    assert all(np.array_equal(again[k], changed[k]) for k in changed)
+
+
+def test_finetune_on_the_regenerated_task_is_the_default_and_keeps_the_generic_targets(smoke):
+    rows = study("finetune", smoke, "study.steps=4")
+    assert (rows["target"] == "regenerate").all() and {"translation", "noise_scale"} <= set(rows)
+    assert rows[["zero_shot_acc", "finetuned_acc", "scratch_acc"]].notna().all().all()
+    # the target is a different task: the models' accuracy on it is not their source accuracy
+    assert (rows["zero_shot_acc"] != rows["source_acc"]).any()
+    noise = study("finetune", smoke, "study.steps=2", "study.target=noise", "study.strength=0.5")
+    assert (noise["target"] == "noise").all() and (noise["strength"] == 0.5).all()
+
+
+def test_regenerate_refuses_a_task_without_a_generator():
+    from types import SimpleNamespace
+
+    from zoo.errors import DatasetError
+    from zoo.studies.finetune import target_task
+
+    data = SimpleNamespace(name="digits", x_train=np.zeros((4, 64)), x_test=np.zeros((2, 64)),
+                           y_train=np.zeros(4, int), y_test=np.zeros(2, int), n_classes=10)
+    with pytest.raises(DatasetError, match="relabel, noise or translate"):
+        target_task(data, "regenerate", 1.0, 0, {"data_seed": 0, "n_train": 4, "n_test": 2})
+    assert target_task(data, "relabel", 1.0, 0)[1].shape == (4,)
 
 
 # ---------------------------------------------------------------- registry and example

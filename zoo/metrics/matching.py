@@ -433,7 +433,7 @@ def _cost(spec: PermutationSpec, p: str, a: dict[str, Tensor], b: dict[str, Tens
     return cost
 
 
-def _lap(cost: Tensor) -> Tensor:
+def linear_assignment(cost: Tensor) -> Tensor:
     """Maximising linear assignment per batch row: [K, n, n] -> perm [K, n] (scipy, per pair)."""
     c = cost.detach().cpu().numpy()
     return torch.from_numpy(np.stack([linear_sum_assignment(ci, maximize=True)[1] for ci in c]))
@@ -499,7 +499,7 @@ def weight_matching(spec: PermutationSpec, params_stacked: dict[str, Tensor], pa
             sub = {q: v[rows] for q, v in perms.items()}
             cost = _cost(spec, p, a_sub if whole else {k: v[todo] for k, v in a_sub.items()},
                          b_sub if whole else {k: v[todo] for k, v in b_sub.items()}, sub)
-            new = _lap(cost)
+            new = linear_assignment(cost)
             old_val = cost.gather(2, sub[p][:, :, None]).sum((1, 2))
             new_val = cost.gather(2, new[:, :, None]).sum((1, 2))
             better = new_val - old_val > tol * old_val.abs().clamp_min(1.0)
@@ -533,11 +533,11 @@ def hidden_features(model: nn.Module, params: dict[str, Tensor], buffers: dict[s
     """
     declared = _declared(model)
     if declared is not None:
-        return _hooked_features(model, declared.probes, params, buffers, x)
+        return hooked_features(model, declared.probes, params, buffers, x)
     return _traced_features(model, params, buffers, x)
 
 
-def _hooked_features(model: nn.Module, probes: dict[str, list[tuple[str, bool]]], params: dict[str, Tensor],
+def hooked_features(model: nn.Module, probes: dict[str, list[tuple[str, bool]]], params: dict[str, Tensor],
                      buffers: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
     """``hidden_features`` from forward hooks on named modules (models fx cannot follow), under vmap."""
     modules = dict(model.named_modules())
@@ -617,7 +617,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec, params: dict[st
         z = (f - f.mean(1, keepdim=True)) / (f.std(1, unbiased=False, keepdim=True) + eps)
         z = z.unflatten(2, (n, -1)).transpose(2, 3).reshape(z.shape[0], -1, n)  # a unit's S features: samples
         corr = torch.bmm(z[pairs[:, 0]].transpose(1, 2), z[pairs[:, 1]]) / f.shape[1]
-        perms[p] = _lap(corr)
+        perms[p] = linear_assignment(corr)
     return perms
 
 
@@ -670,5 +670,5 @@ def alignment_distances(spec: PermutationSpec, params: dict[str, Tensor], pairs,
 
 __all__ = ["PermutationSpec", "permutation_spec", "apply_permutation", "apply_permutation_stacked",
            "identity_perms", "random_perms", "aligned_pairs", "weight_matching", "matching_objective",
-           "hidden_features", "activation_matching", "singular_vector_alignment", "flat_distance",
-           "alignment_distances"]
+           "hidden_features", "hooked_features", "activation_matching", "linear_assignment",
+           "singular_vector_alignment", "flat_distance", "alignment_distances"]

@@ -61,7 +61,7 @@ from torch import nn
 from ..functional import ELEMENTWISE, is_linear_stack, mode
 from .base import Measured, Metric, Option, Population
 from .lmc import run_module
-from .matching import _hooked_features, _lap
+from .matching import hooked_features, linear_assignment
 
 Tensor = torch.Tensor
 SAE = dict[str, Tensor]  # w_enc [G, n, F], b_enc [G, F], w_dec [G, F, n], b_dec [G, n]
@@ -95,8 +95,8 @@ def hidden_states(model: nn.Module, names: list[str], params: dict[str, Tensor],
     current mode."""
     probes = {name: [(name, False)] for name in names}
     one = {k: v[:1] for k, v in params.items()}, {k: v[:1] for k, v in buffers.items()}
-    per_input = _hooked_features(model, probes, *one, x[:1])[names[0]].shape[1]
-    feats = _hooked_features(model, probes, params, buffers, x[:math.ceil(count / per_input)])
+    per_input = hooked_features(model, probes, *one, x[:1])[names[0]].shape[1]
+    feats = hooked_features(model, probes, params, buffers, x[:math.ceil(count / per_input)])
     return torch.stack([feats[name][:, :count] for name in names], 1)
 
 
@@ -167,7 +167,7 @@ def match_features(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     target [K, F, n] (C_ij = mean_k (source_ik - target_jk)^2, float64): one LAP per k. Returns (pi, C)."""
     cost = torch.cdist(source.double(), target.double(), compute_mode="donot_use_mm_for_euclid_dist")
     cost = cost.square() / source.shape[2]
-    return _lap(-cost), cost
+    return linear_assignment(-cost), cost
 
 
 def explained_variance(y: Tensor, y_hat: Tensor) -> Tensor:
