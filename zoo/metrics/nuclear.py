@@ -78,6 +78,8 @@ def compute(pop: Population, spec) -> Measured:
 
 METRIC = Metric(
     name="nuclear_norm",
+    protocol="512-sample test probe; the paper's SVD-free estimate (top min(B, C) column norms) / B, the exact "
+             "SVD value beside it",
     about="Matrix Nuclear-Norm of the softmax outputs on a test probe (Li et al. 2024), SVD-free",
     applies_to="model",
     columns={
