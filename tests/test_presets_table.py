@@ -32,3 +32,47 @@ def test_a_warm_listing_does_not_import_torch(tmp_path):
     warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert cold.stdout.split()[-1] == "True" and warm.stdout.split()[-1] == "False", warm.stderr
     assert "smoke" in warm.stdout and "mlp" in warm.stdout
+
+
+def test_estimates_cover_the_measure_step_term_by_term():
+    from zoo.cost import estimate, metric_seconds
+    from zoo.generators.sampling import group_populations, plan_models
+    from zoo.spec import load_spec
+
+    spec = load_spec("smoke")
+    cost = estimate(spec)
+    assert cost["cpu_metrics_seconds"] > 0 and cost["cpu_seconds"] > 0
+    assert set(cost["cpu_metrics_terms"]) == {"hessian", "spectral", "linear", "bezier", "cka", "lmc"}
+    assert abs(sum(cost["cpu_metrics_terms"].values()) - cost["cpu_metrics_seconds"]) < 1e-9
+    off = load_spec("smoke", ["metrics.hessian=false", "metrics.spectral=false", "metrics.connectivity=false",
+                              "metrics.cka=false", "metrics.lmc=none"])
+    assert estimate(off)["cpu_metrics_seconds"] == 0 and estimate(off)["cpu_seconds"] == cost["cpu_seconds"]
+
+    rates = {"train_flops_per_s": 1e9, "eval_flops_per_s": 1e9, "step_s": 1e-3}
+
+    def seconds(s):
+        pop = group_populations(plan_models(s), s.build.max_population)[0]
+        return metric_seconds(s, pop.members, rates)
+
+    base = seconds(spec)
+    longer_bend = seconds(load_spec("smoke", ["metrics.bezier_budget=2.0"]))  # the bend follows training
+    assert longer_bend["bezier"] > 1.5 * base["bezier"] and longer_bend["hessian"] == base["hessian"]
+    trained_longer = seconds(load_spec("smoke", [f"train.steps={2 * spec.train.steps}"]))
+    assert trained_longer["bezier"] > 1.5 * base["bezier"] and trained_longer["linear"] == base["linear"]
+    assert seconds(load_spec("smoke", ["metrics.hessian_max_iter=50"]))["hessian"] < base["hessian"]
+
+
+def test_the_table_splits_train_metrics_and_total_and_says_what_each_covers():
+    row = {"family": "mlp", "task": "mnist1d", "models": 8, "params_min": 10, "params_max": 20, "train_flops": 1e12,
+           "population_bytes": 2**20, "cpu_seconds": 30.0, "gpu_seconds": float("nan"),
+           "cpu_metrics_seconds": 60.0, "gpu_metrics_seconds": float("nan"), "metrics_not_estimated": []}
+    lines = presets_table.table_lines({"p": row})
+    assert lines[0].split()[-6:] == ["CPU", "train", "CPU", "metrics", "CPU", "total"] and "GPU" not in lines[0]
+    assert lines[1].split()[-3:] == ["30s", "60s", "90s"]
+    assert any(line.startswith("train: ") and "metrics: the measure step" in line for line in lines)
+    assert any(line.startswith("GPU: not calibrated") for line in lines)
+    gpu = presets_table.table_lines({"p": {**row, "gpu_seconds": 3.0, "gpu_metrics_seconds": 4.0,
+                                           "metrics_not_estimated": ["sensitivity"]}})
+    assert " ".join(gpu[0].split()[-12:]) == "CPU train CPU metrics CPU total GPU train GPU metrics GPU total"
+    assert gpu[1].split()[-6:] == ["30s", "60s*", "90s*", "3s", "4s*", "7s*"]
+    assert gpu[-1].startswith("*:") and "sensitivity" in gpu[-1]

@@ -80,7 +80,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_presets(args) -> int:
-    from .presets_table import preset_rows
+    from .presets_table import preset_rows, table_lines
     from .spec import preset_names
 
     if args.calibrate:
@@ -91,28 +91,8 @@ def _cmd_presets(args) -> int:
             f"{k} {c['train_flops_per_s'] / 1e9:.1f}/{c['eval_flops_per_s'] / 1e9:.1f}/{c['step_s'] * 1e3:.2f}"
             for k, c in table.items()))
 
-    def duration(s: float) -> str:
-        if s != s:  # NaN: no calibration for this device
-            return "n/a"
-        for unit, size, limit in (("s", 1, 120), ("m", 60, 7200), ("h", 3600, 172800), ("d", 86400, 3.2e8)):
-            if s < limit:
-                return f"{s / size:.0f}{unit}"
-        return f"{s / 3.156e7:.0f}y"
-
-    def memory(b: float) -> str:
-        g = b / 2**30
-        return f"{g:.2f}G" if g < 100 else f"{g:.0f}G" if g < 10000 else f"{g / 1024:.1f}T"
-
-    print(f"{'preset':<30}{'family':<10}{'task':<16}{'models':>7}{'params/model':>20}{'train PFLOP':>12}"
-          f"{'mem/pop':>9}{'CPU train':>10}{'GPU train':>10}")
-    for name, c in preset_rows(args.names or preset_names()).items():
-        params = (f"{c['params_min']:,}" if c["params_min"] == c["params_max"]
-                  else f"{c['params_min']:,}-{c['params_max']:,}")
-        print(f"{name:<30}{c['family']:<10}{c['task']:<16}{c['models']:>7}{params:>20}{c['train_flops'] / 1e15:>12.4g}"
-              f"{memory(c['population_bytes']):>9}{duration(c['cpu_seconds']):>10}{duration(c['gpu_seconds']):>10}")
-    print("CPU/GPU train: estimated training time only (steps x measured per-step cost + counted training and "
-          "checkpoint-evaluation FLOPs / measured throughput, zoo presets --calibrate); metrics come on top "
-          "(often as long again); GPU n/a until calibrated on a GPU")
+    for line in table_lines(preset_rows(args.names or preset_names())):
+        print(line)
     return 0
 
 

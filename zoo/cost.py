@@ -7,6 +7,15 @@ checkpoint evaluations' forward FLOPs (train and test set at every checkpoint) /
 throughput. ``zoo presets --calibrate`` measures the three per family on a device by differences
 of short and long runs and stores them in the user cache; the numbers shipped in
 ``calibration.json`` were measured that way on a 2-core x86 CPU.
+
+Time of the measure step = per population and metric family, its work counted in the same three
+terms (``metric_work``: Hessian-vector products as training passes over the Hessian samples, the
+Bezier bend as training steps of the pairs plus its curve evaluations, linear and aligned paths
+and CKA as forward passes, spectral fits per weight matrix) times a factor per family
+(``calibration.json`` ``metric_factors``) fitted from the stage times of measured builds
+(``time_stages``; the factor absorbs what counting cannot see: Hessian iterations stopping at their
+tolerance, the bend's half-budget check, Python work per layer). Opt-in metrics without a cost
+model are listed in ``metrics_not_estimated``.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -62,7 +72,34 @@ def _count(config: dict) -> dict:
     for h in hooks:
         h.remove()
     return {"flops": counter.get_total_flops() // 2, "forward_flops": forward // 2,
-            "activations": sum(acts) // 2, "params": sum(p.numel() for p in model.parameters())}
+            "activations": sum(acts) // 2, "params": sum(p.numel() for p in model.parameters()),
+            **_matrices(model)}
+
+
+def _matrices(model) -> dict:
+    """The spectral metrics' work on one model: the weight matrices it fits (``layers``), the FLOPs
+    of their eigenvalue problems (min(m, n)^2 max(m, n) per slice of a layer and per FARMS window)
+    and of the power-law scans (about 5 n^2 for n pooled eigenvalues: every candidate xmin against
+    the tail), with the conventions of ``zoo.metrics.spectral`` (windows of side min(100, m, n) on a
+    9 x 9 offset grid; at most 15000 eigenvalues fitted)."""
+    from .metrics.spectral import layer_weights
+
+    def offsets(length: int, side: int) -> int:  # distinct window offsets (zoo.metrics.spectral.farms_matrices)
+        return len({int(round(v)) for v in np.linspace(0, length - side, 9)})
+
+    shapes = dict(model.named_parameters())
+    layers, flops = 0, 0
+    for name, _ in layer_weights(model):
+        shape = tuple(shapes[name].shape) if name in shapes else ()
+        if len(shape) < 2:
+            continue
+        n, m, slices = max(shape[:2]), min(shape[:2]), math.prod(shape[2:])
+        side = min(100, m)
+        windows = offsets(n, side) * offsets(m, side)
+        layers += 1
+        flops += slices * (m * m * n + windows * side**3)
+        flops += sum(5 * k * k for k in (slices * m, slices * windows * side) if k <= 15000)
+    return {"layers": layers, "spectral_flops": flops}
 
 
 def _calibration_paths() -> list[Path]:
@@ -73,6 +110,7 @@ def load_calibration() -> dict:
     """{device: {family: {"train_flops_per_s", "eval_flops_per_s", "step_s"}}}, shipped + user cache."""
     table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text())
     table.pop("_comment", None)
+    table.pop("metric_factors", None)
     for path in _calibration_paths():
         if path.exists():
             for device, fams in json.loads(path.read_text()).items():
@@ -84,18 +122,117 @@ def load_calibration() -> dict:
     return table
 
 
+def metric_factors() -> dict[str, dict[str, float]]:
+    """{family or "default": {metric term: factor}} of the measure step's cost model (calibration.json)."""
+    table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text()).get("metric_factors", {})
+    return {k: v for k, v in table.items() if not k.startswith("_")}
+
+
+def _pairs(spec, members) -> int:
+    """The pairs the measure step compares in one population (same-cell, or all with metrics.pairs = population)."""
+    if spec.metrics.pairs == "population":
+        return len(members) * (len(members) - 1) // 2
+    return sum(s * (s - 1) // 2 for s in Counter(p.cell_id for p in members).values())
+
+
+def metric_work(spec, members, rates: dict) -> dict[str, tuple[float, float]]:
+    """Per cost term of the measure step on one population: (overhead, compute) seconds before the
+    term's factors, counted in the calibrated terms ``rates`` (train FLOP/s, eval FLOP/s, seconds
+    per step); overhead counts sequential steps at ``step_s`` each, compute counts FLOPs.
+
+    - hessian: (top_k + 1) x max_iter iterations (power iteration, then Hutchinson) of
+      ``hessian_batches`` batches, each model's samples at two training passes (a Hessian-vector
+      product); x the checkpoints with ``hessian_checkpoints``;
+    - spectral: a step per weight matrix of the population (one batched fit each), and per model its
+      eigenvalue and power-law-scan FLOPs (``_matrices``);
+    - linear: ``curve_points`` steps, and a forward pass of each pair over the train and test sets per point;
+    - bezier: 1.5 x the bend steps (the half-budget check trains again) as training steps of the
+      pairs, plus its curves (train and test, and train for the half-budget bend);
+    - lmc: per aligned alignment, its curves and the matching's forward pass over the probe batch;
+    - cka: each pair's forward pass over the probe batch.
+    """
+    from .generators.sampling import checkpoint_steps
+    from .metrics.connectivity import bend_steps
+    from .metrics.registry import METRICS
+
+    ms, cfg = spec.metrics, members[0].config
+    kind, c = task_kind(cfg["task.name"]), model_costs(cfg)
+    m, pairs = len(members), _pairs(spec, members)
+    steps, batch = cfg["train.steps"], cfg["train.batch_size"]
+    n_train, n_eval = cfg["task.n_train"], cfg["task.n_train"] + cfg["task.n_test"]
+    train_pass, forward = c["flops"] / rates["train_flops_per_s"], c["forward_flops"] / rates["eval_flops_per_s"]
+    step_s = rates["step_s"]
+    checkpoints = len(checkpoint_steps(steps, cfg["train.checkpoints"]))
+    on = {name for name, metric in METRICS.items() if metric.enabled(ms) and metric.applies(kind)}
+    work: dict[str, tuple[float, float]] = {}
+    if "hessian" in on:
+        samples = min(ms.hessian_batches * ms.hessian_batch_size, n_train)
+        iters = (checkpoints if ms.hessian_checkpoints else 1) * (ms.hessian_top_k + 1) * ms.hessian_max_iter
+        work["hessian"] = (iters * math.ceil(samples / ms.hessian_batch_size) * step_s,
+                           iters * m * samples * 2 * train_pass)
+    if "spectral" in on:
+        sweeps = checkpoints if ms.spectral_checkpoints == "all" else 1
+        work["spectral"] = (sweeps * c["layers"] * step_s,
+                            sweeps * m * c["spectral_flops"] / rates["eval_flops_per_s"])
+    if pairs and "connectivity" in on:
+        work["linear"] = (ms.curve_points * step_s, ms.curve_points * pairs * n_eval * forward)
+        bend = bend_steps(ms, steps)
+        if bend:
+            work["bezier"] = (1.5 * bend * step_s, 1.5 * bend * pairs * batch * train_pass
+                              + ms.curve_points * pairs * (n_eval + n_train) * forward)
+    if pairs and "cka" in on:
+        work["cka"] = (step_s, pairs * ms.probe_size * forward)
+    if pairs and "lmc" in on:
+        aligned = {"none": 0, "weight": 1, "ste": 2, "all": 3}.get(str(ms.lmc), 1)
+        work["lmc"] = (aligned * ms.curve_points * step_s,
+                       aligned * pairs * (ms.curve_points * n_eval + ms.probe_size) * forward)
+    return work
+
+
+def metric_seconds(spec, members, rates: dict, factors: dict | None = None) -> dict[str, float]:
+    """Estimated seconds of each cost term of the measure step on one population: ``metric_work``'s
+    (overhead, compute) weighted by the term's fitted factors (default: this family's, else all families')."""
+    if factors is None:
+        table, family = metric_factors(), members[0].config["arch.family"]
+        factors = {**table.get("default", {}), **table.get(family, {})}
+    return {term: sum(f * w for f, w in zip(factors.get(term, (1.0, 1.0)), parts, strict=True))
+            for term, parts in metric_work(spec, members, rates).items()}
+
+
+def metrics_not_estimated(spec) -> list[str]:
+    """Enabled metrics of ``spec`` that the measure step's cost model does not cover."""
+    from .metrics.registry import METRICS
+
+    known = {"hessian", "spectral", "connectivity", "cka", "lmc"}
+    kind = task_kind(spec.task.name)
+    return [n for n, m in METRICS.items() if n not in known and m.enabled(spec.metrics) and m.applies(kind)]
+
+
 def estimate(spec) -> dict:
-    """Training FLOPs, parameters, memory of the largest population and time on CPU / GPU."""
+    """Training FLOPs, parameters, memory of the largest population, and estimated seconds of
+    training (``cpu_seconds`` / ``gpu_seconds``) and of the measure step (``cpu_metrics_seconds``
+    / ``gpu_metrics_seconds``, with ``cpu_metrics_terms`` per term) on CPU / GPU; NaN where the
+    family has no calibration for the device."""
     from .generators.sampling import checkpoint_steps, group_populations
 
-    calib = load_calibration()
+    calib, factors = load_calibration(), metric_factors()
     total, sizes, memory, seconds = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}
+    measure = {"cpu": 0.0, "cuda": 0.0}
+    terms: dict[str, float] = {}
     plans = plan_models(spec)
     for pop in group_populations(plans, spec.build.max_population):
         family, steps = pop.members[0].config["arch.family"], pop.members[0].config["train.steps"]
         for device in seconds:
             c = calib.get(device, {}).get(family)
             seconds[device] += steps * c["step_s"] if c else math.nan
+            if not c:
+                measure[device] = math.nan
+                continue
+            scale = {**factors.get("default", {}), **factors.get(family, {})}
+            for term, s in metric_seconds(spec, pop.members, c, scale).items():
+                measure[device] += s
+                if device == "cpu":
+                    terms[term] = terms.get(term, 0.0) + s
     for plan in plans:
         cfg = plan.config
         states = 3 if cfg["train.optimizer"] == "sgd" else 4  # weights, grads, momentum (+ Adam's)
@@ -112,7 +249,9 @@ def estimate(spec) -> dict:
             seconds[device] += (flops / rates["train_flops_per_s"]
                                 + c["forward_flops"] * evaluated / rates["eval_flops_per_s"]) if rates else math.nan
     return {"train_flops": total, "params_min": min(sizes), "params_max": max(sizes),
-            "population_bytes": memory, "cpu_seconds": seconds["cpu"], "gpu_seconds": seconds["cuda"]}
+            "population_bytes": memory, "cpu_seconds": seconds["cpu"], "gpu_seconds": seconds["cuda"],
+            "cpu_metrics_seconds": measure["cpu"], "gpu_metrics_seconds": measure["cuda"],
+            "cpu_metrics_terms": terms, "metrics_not_estimated": metrics_not_estimated(spec)}
 
 
 def _train_seconds(build, members, data, device: str, steps: int, batch: int = 64,
