@@ -425,6 +425,45 @@ def test_ste_budget_snapshots_are_the_shorter_searches(smoke):
     assert (long["loss"] <= long["loss_first"]).all() and (long["loss"] <= short["loss"]).all()
 
 
+TINY = {  # preset -> overrides: 3 seeds of 1-2 cells, so k = 2 and k = 3 merges exist
+    "vit-digits": ["task.n_train=200", "task.n_test=100", "train.batch_size=32",
+                   "phase.axes=[{key='arch.width',values=[8]},{key='train.lr',values=[0.001,0.003]}]"],
+    "gpt-modular": ["task.modulus=11", "task.n_train=60", "task.n_test=60", "train.batch_size=16",
+                    "phase.axes=[{key='arch.width',values=[8]},{key='task.train_fraction',values=[1.0]}]"],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_merge_with_ste_runs_on_a_tiny_transformer_zoo(preset, tmp_path_factory, data_root):
+    root = built_zoo(tmp_path_factory, f"{preset}-tiny", preset,
+                     ["train.steps=30", "train.checkpoints=2", "phase.seeds=[0,1,2]", "metrics.hessian_max_iter=5",
+                      "metrics.hessian_batches=1", *TINY[preset]])
+    r = run("study", "merge", str(root), "--set", "study.ste_steps=4", "--set", "study.probe=32", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = pd.read_parquet(root / "studies" / "merge.parquet")
+    assert set(rows["method"]) == {"naive", "weight", "activation", "ste"} and set(rows["k"]) == {2, 3}
+    for col in ("merged_acc", "merged_loss", "merged_train_loss", "barrier_mid.test.loss", "acc_gap"):
+        assert np.isfinite(rows[col]).all(), col
+    # LayerNorm nets: no BatchNorm reset, no REPAIR, and the rows say why
+    assert set(rows["fix"]) == {"none"} and rows["note"].str.contains("no BatchNorm reset or REPAIR").all()
+    ste = rows[rows["method"] == "ste"]
+    assert ste["ste_best_step"].between(1, 4).all()
+    assert verify(root) == []
+
+
+def test_an_architecture_without_a_permutation_spec_gets_naive_rows_and_a_note(smoke, monkeypatch):
+    import zoo.studies.merge as merge
+
+    def refuse(model):
+        raise ValueError("permutation_spec: unsupported module Foo")
+
+    monkeypatch.setattr(merge, "permutation_spec", refuse)
+    rows = study("merge", smoke, "study.ks=[2]", "study.groups=1", "study.methods=[\"naive\", \"weight\"]")
+    naive, weight = rows[rows["method"] == "naive"], rows[rows["method"] == "weight"]
+    assert np.isfinite(naive["merged_acc"]).all() and weight["merged_acc"].isna().all()
+    assert weight["note"].str.contains("weight alignment cannot apply: permutation_spec: unsupported").all()
+
+
 # ---------------------------------------------------------------- finetune
 
 def test_relabelling_moves_every_class():

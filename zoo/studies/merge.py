@@ -17,6 +17,10 @@ Each merge is scored as is (``fix = none``) and, where it applies, corrected: ``
 Jordan et al. 2023, k-way: each hidden unit's pre-activation mean/std set to the members' mean)
 for Linear/Conv stacks. The barrier at the midpoint is the merged model's loss minus the members'
 mean loss (for k = 2 exactly B_mid = L(theta(1/2)) - (L_A + L_B) / 2 of the aligned path).
+
+Every family with a permutation spec (fx-traced, or declared: ViT, GPT, Mixer) takes every
+alignment; where no fix applies (LayerNorm nets) or an architecture has no spec (then only the
+naive average is computed, the other methods' rows are NaN), the rows' ``note`` says so.
 """
 
 from __future__ import annotations
@@ -147,11 +151,18 @@ def _groups(pop, ks: list[int], limit: int, seed: int) -> dict[int, list[tuple[s
     return {k: v for k, v in out.items() if v}
 
 
+NO_FIX = ("no BatchNorm reset or REPAIR for this architecture (REPAIR here covers plain Linear/Conv stacks; "
+          "its normalisation layers, e.g. LayerNorm, keep no running statistics to reset)")
+
+
 def run(zoo, options: dict) -> pd.DataFrame:
     data = task_data(zoo)
     tables = []
     for pop in populations(zoo, data):
-        spec = permutation_spec(pop.model)
+        try:
+            spec, no_spec = permutation_spec(pop.model), ""
+        except ValueError as e:  # no hidden-unit symmetry to align: only the naive average applies
+            spec, no_spec = None, str(e)
         state = {**pop.params, **pop.buffers}
         test = pop.scores(pop.params, pop.buffers)
         train = pop.scores(pop.params, pop.buffers, pop.x_train, pop.y_train)
@@ -161,10 +172,23 @@ def run(zoo, options: dict) -> pd.DataFrame:
         for k, sets in _groups(pop, options["ks"], options["groups"], options["seed"]).items():
             groups = torch.tensor([[index[m] for m in s] for s in sets])
             for method in options["methods"]:
+                note = "" if len(fixes) > 1 else NO_FIX
+                if spec is None and method != "naive":
+                    tables.append(_rows(pop, sets, groups, k, method, "none", np.nan, test, train, None, None,
+                                        f"{method} alignment cannot apply: {no_spec}"))
+                    continue
                 t0 = time.perf_counter()
-                perms = align(method, pop, spec, groups, options, options["seed"])
+                best_step = np.full(len(groups), np.nan)
+                if spec is None:
+                    members = [{n: v[groups[:, j]] for n, v in state.items()} for j in range(k)]
+                elif method == "ste":
+                    found = ste_merge(pop.model, pop.objective, spec, pop.params, pop.buffers, groups, pop.x_train,
+                                      pop.y_train, steps=options["ste_steps"], lr=options["ste_lr"],
+                                      seed=options["seed"])
+                    members, best_step = _members(state, groups, found["perms"], spec), found["best_step"]
+                else:
+                    members = _members(state, groups, align(method, pop, spec, groups, options, options["seed"]), spec)
                 align_s = (time.perf_counter() - t0) / len(groups)
-                members = _members(state, groups, perms, spec)
                 merged = {n: sum(mb[n] for mb in members) / k for n in state}
                 params, buffers = {n: merged[n] for n in pop.params}, {n: merged[n] for n in pop.buffers}
                 for fix in fixes:
@@ -176,16 +200,21 @@ def run(zoo, options: dict) -> pd.DataFrame:
                         fixed_buffers = buffers
                     else:
                         fixed_params, fixed_buffers = params, buffers
-                    tables.append(_rows(pop, sets, groups, k, method, fix, align_s, test, train,
-                                        pop.scores(fixed_params, fixed_buffers),
-                                        pop.scores(fixed_params, fixed_buffers, pop.x_train, pop.y_train)))
+                    table = _rows(pop, sets, groups, k, method, fix, align_s, test, train,
+                                  pop.scores(fixed_params, fixed_buffers),
+                                  pop.scores(fixed_params, fixed_buffers, pop.x_train, pop.y_train), note)
+                    table["ste_best_step"] = best_step
+                    tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
-def _rows(pop, sets, groups, k, method, fix, align_s, test, train, merged_test, merged_train) -> pd.DataFrame:
+def _rows(pop, sets, groups, k, method, fix, align_s, test, train, merged_test, merged_train, note="") -> pd.DataFrame:
     idx = groups.numpy()
     member = {f"member_mean_{name}": values[key][idx].mean(1) for name, values, key in
               (("acc", test, "acc"), ("loss", test, "loss"), ("train_loss", train, "loss"))}
+    none = np.full(len(idx), np.nan)
+    merged_test = merged_test or {"acc": none, "loss": none}
+    merged_train = merged_train or {"loss": none}
     return pd.DataFrame({
         "cell_id": pop.rows["cell_id"].to_numpy()[idx[:, 0]], "arch_id": pop.arch_id, "k": k,
         "models": [list(s) for s in sets], "method": method, "fix": fix,
@@ -194,7 +223,7 @@ def _rows(pop, sets, groups, k, method, fix, align_s, test, train, merged_test, 
         "acc_gap": merged_test["acc"] - member["member_mean_acc"],
         "barrier_mid.test.loss": merged_test["loss"] - member["member_mean_loss"],
         "barrier_mid.train.loss": merged_train["loss"] - member["member_mean_train_loss"],
-        "align_s_per_group": align_s,
+        "align_s_per_group": align_s, "note": note,
     })
 
 
@@ -246,5 +275,8 @@ STUDY = Study(
         "barrier_mid.<split>.loss": "merged loss - members' mean loss (k = 2: the midpoint barrier of the aligned "
                                     "path; > 0 a barrier)",
         "align_s_per_group": "wall time of the alignment per group (seconds)",
+        "ste_best_step": "STE rows: the step at which the kept permutation was found (of ste_steps; late steps "
+                         "mean a longer search could still improve it)",
+        "note": "why a fix or an alignment does not apply to this architecture (empty: all apply)",
     },
 )
