@@ -31,6 +31,7 @@ CPU = {  # script -> extra arguments
     "spectral_vs_weightwatcher": [],
     "matching_vs_rebasin": [],
     "connectivity": [],
+    "merge_vs_loop": [],
     "default_build": [],
     "scaling": [],
     "kernels": [],

@@ -157,54 +157,61 @@ NO_FIX = ("no BatchNorm reset or REPAIR for this architecture (REPAIR here cover
 
 def run(zoo, options: dict) -> pd.DataFrame:
     data = task_data(zoo)
+    return pd.concat([merge_population(pop, options) for pop in populations(zoo, data)], ignore_index=True)
+
+
+def merge_population(pop, options: dict, sets_by_k: dict[int, list[tuple[str, ...]]] | None = None) -> pd.DataFrame:
+    """The study's rows for one population (``base.Population``): every group of every k (default: the
+    study's seeded member sets per cell), every method, every fix, all groups of a (k, method) at once."""
+    try:
+        spec, no_spec = permutation_spec(pop.model), ""
+    except ValueError as e:  # no hidden-unit symmetry to align: only the naive average applies
+        spec, no_spec = None, str(e)
     tables = []
-    for pop in populations(zoo, data):
-        try:
-            spec, no_spec = permutation_spec(pop.model), ""
-        except ValueError as e:  # no hidden-unit symmetry to align: only the naive average applies
-            spec, no_spec = None, str(e)
-        state = {**pop.params, **pop.buffers}
-        test = pop.scores(pop.params, pop.buffers)
-        train = pop.scores(pop.params, pop.buffers, pop.x_train, pop.y_train)
-        index = {m: i for i, m in enumerate(pop.model_ids)}
-        fixes = ["none"] + (["bn_reset"] if has_batchnorm(pop.model) else ["repair"] if repairable(pop.model) else [])
-        probe = pop.x_train[:options["probe"]]
-        for k, sets in _groups(pop, options["ks"], options["groups"], options["seed"]).items():
-            groups = torch.tensor([[index[m] for m in s] for s in sets])
-            for method in options["methods"]:
-                note = "" if len(fixes) > 1 else NO_FIX
-                if spec is None and method != "naive":
-                    tables.append(_rows(pop, sets, groups, k, method, "none", np.nan, test, train, None, None,
-                                        f"{method} alignment cannot apply: {no_spec}"))
-                    continue
-                t0 = time.perf_counter()
-                best_step = np.full(len(groups), np.nan)
-                if spec is None:
-                    members = [{n: v[groups[:, j]] for n, v in state.items()} for j in range(k)]
-                elif method == "ste":
-                    found = ste_merge(pop.model, pop.objective, spec, pop.params, pop.buffers, groups, pop.x_train,
-                                      pop.y_train, steps=options["ste_steps"], lr=options["ste_lr"],
-                                      seed=options["seed"])
-                    members, best_step = _members(state, groups, found["perms"], spec), found["best_step"]
+    state = {**pop.params, **pop.buffers}
+    test = pop.scores(pop.params, pop.buffers)
+    train = pop.scores(pop.params, pop.buffers, pop.x_train, pop.y_train)
+    index = {m: i for i, m in enumerate(pop.model_ids)}
+    fixes = ["none"] + (["bn_reset"] if has_batchnorm(pop.model) else ["repair"] if repairable(pop.model) else [])
+    probe = pop.x_train[:options["probe"]]
+    if sets_by_k is None:
+        sets_by_k = _groups(pop, options["ks"], options["groups"], options["seed"])
+    for k, sets in sets_by_k.items():
+        groups = torch.tensor([[index[m] for m in s] for s in sets])
+        for method in options["methods"]:
+            note = "" if len(fixes) > 1 else NO_FIX
+            if spec is None and method != "naive":
+                tables.append(_rows(pop, sets, groups, k, method, "none", np.nan, test, train, None, None,
+                                    f"{method} alignment cannot apply: {no_spec}"))
+                continue
+            t0 = time.perf_counter()
+            best_step = np.full(len(groups), np.nan)
+            if spec is None:
+                members = [{n: v[groups[:, j]] for n, v in state.items()} for j in range(k)]
+            elif method == "ste":
+                found = ste_merge(pop.model, pop.objective, spec, pop.params, pop.buffers, groups, pop.x_train,
+                                  pop.y_train, steps=options["ste_steps"], lr=options["ste_lr"],
+                                  seed=options["seed"])
+                members, best_step = _members(state, groups, found["perms"], spec), found["best_step"]
+            else:
+                members = _members(state, groups, align(method, pop, spec, groups, options, options["seed"]), spec)
+            align_s = (time.perf_counter() - t0) / len(groups)
+            merged = {n: sum(mb[n] for mb in members) / k for n in state}
+            params, buffers = {n: merged[n] for n in pop.params}, {n: merged[n] for n in pop.buffers}
+            for fix in fixes:
+                if fix == "bn_reset":
+                    fixed_params, fixed_buffers = params, reset_batchnorm(pop.model, params, buffers, probe)
+                elif fix == "repair":
+                    fixed_params = repair_merged(pop.model, [{n: mb[n] for n in pop.params} for mb in members],
+                                                 params, probe)
+                    fixed_buffers = buffers
                 else:
-                    members = _members(state, groups, align(method, pop, spec, groups, options, options["seed"]), spec)
-                align_s = (time.perf_counter() - t0) / len(groups)
-                merged = {n: sum(mb[n] for mb in members) / k for n in state}
-                params, buffers = {n: merged[n] for n in pop.params}, {n: merged[n] for n in pop.buffers}
-                for fix in fixes:
-                    if fix == "bn_reset":
-                        fixed_params, fixed_buffers = params, reset_batchnorm(pop.model, params, buffers, probe)
-                    elif fix == "repair":
-                        fixed_params = repair_merged(pop.model, [{n: mb[n] for n in pop.params} for mb in members],
-                                                     params, probe)
-                        fixed_buffers = buffers
-                    else:
-                        fixed_params, fixed_buffers = params, buffers
-                    table = _rows(pop, sets, groups, k, method, fix, align_s, test, train,
-                                  pop.scores(fixed_params, fixed_buffers),
-                                  pop.scores(fixed_params, fixed_buffers, pop.x_train, pop.y_train), note)
-                    table["ste_best_step"] = best_step
-                    tables.append(table)
+                    fixed_params, fixed_buffers = params, buffers
+                table = _rows(pop, sets, groups, k, method, fix, align_s, test, train,
+                              pop.scores(fixed_params, fixed_buffers),
+                              pop.scores(fixed_params, fixed_buffers, pop.x_train, pop.y_train), note)
+                table["ste_best_step"] = best_step
+                tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
