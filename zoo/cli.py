@@ -15,7 +15,8 @@ DEFAULT_OUT = "zoo-out"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        print(f"zoo: error: {message} (see zoo {self.prog.split()[-1]} --help)", file=sys.stderr)
+        command = " ".join(["zoo", *self.prog.split()[1:]])  # "zoo build", or "zoo" for the main parser
+        print(f"zoo: error: {message} (see {command} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
