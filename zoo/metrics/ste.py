@@ -14,6 +14,11 @@ merged models, one batched weight matching per step, warm-started from the previ
 and generalises to k >= 2 models: members 1..k-1 of each group each get a free copy, and the
 merged model is the mean of member 0 and the projected others (k = 2 is the midpoint). Ito et al.
 (2024) compare this with weight matching for k = 2 and k >= 3 merges.
+
+Cost per step: one weight matching of all groups (its LAPs dominate; a permutation whose cost matrix
+did not change is not solved again), one forward and backward on a batch, and the selection loss of
+the groups whose permutations moved this step (the merged model's value depends on the permutations
+alone, so an unchanged group keeps its last score): the same result as scoring every group.
 """
 
 from __future__ import annotations
