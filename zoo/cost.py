@@ -111,6 +111,7 @@ def load_calibration() -> dict:
     table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text())
     table.pop("_comment", None)
     table.pop("metric_factors", None)
+    table.pop("publish", None)
     for path in _calibration_paths():
         if path.exists():
             for device, fams in json.loads(path.read_text()).items():
@@ -126,6 +127,14 @@ def metric_factors() -> dict[str, dict[str, float]]:
     """{family or "default": {metric term: factor}} of the measure step's cost model (calibration.json)."""
     table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text()).get("metric_factors", {})
     return {k: v for k, v in table.items() if not k.startswith("_")}
+
+
+def publish_seconds(stored_floats: float) -> float:
+    """Start-up (imports, task data, planning) and publishing (Parquet, HDF5, plots, card) of a build
+    storing ``stored_floats`` weights over its checkpoints: CPU work of the machine that measured it
+    (calibration.json ``publish``)."""
+    table = json.loads(resources.files("zoo").joinpath("calibration.json").read_text()).get("publish", {})
+    return table.get("fixed_s", 0.0) + table.get("per_million_floats_s", 0.0) * stored_floats / 1e6
 
 
 def _pairs(spec, members) -> int:
@@ -211,12 +220,12 @@ def metrics_not_estimated(spec) -> list[str]:
 def estimate(spec) -> dict:
     """Training FLOPs, parameters, memory of the largest population, and estimated seconds of
     training (``cpu_seconds`` / ``gpu_seconds``) and of the measure step (``cpu_metrics_seconds``
-    / ``gpu_metrics_seconds``, with ``cpu_metrics_terms`` per term) on CPU / GPU; NaN where the
-    family has no calibration for the device."""
+    / ``gpu_metrics_seconds``, with ``cpu_metrics_terms`` per term) on CPU / GPU (NaN where the
+    family has no calibration for the device), and of start-up and publishing (``publish_seconds``)."""
     from .generators.sampling import checkpoint_steps, group_populations
 
     calib, factors = load_calibration(), metric_factors()
-    total, sizes, memory, seconds = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}
+    total, sizes, memory, seconds, stored = 0, [], 0, {"cpu": 0.0, "cuda": 0.0}, 0
     measure = {"cpu": 0.0, "cuda": 0.0}
     terms: dict[str, float] = {}
     plans = plan_models(spec)
@@ -239,8 +248,9 @@ def estimate(spec) -> dict:
         c = model_costs(cfg)
         sizes.append(c["params"])
         flops = c["flops"] * cfg["train.batch_size"] * cfg["train.steps"]
-        evaluated = len(checkpoint_steps(cfg["train.steps"], spec.train.checkpoints)) * (
-            cfg["task.n_train"] + cfg["task.n_test"])
+        kept = len(checkpoint_steps(cfg["train.steps"], spec.train.checkpoints))
+        evaluated = kept * (cfg["task.n_train"] + cfg["task.n_test"])
+        stored += kept * c["params"]
         total += flops
         pop = min(spec.build.max_population, len(plans))
         memory = max(memory, pop * 4 * (states * c["params"] + 2 * c["activations"] * cfg["train.batch_size"]))
@@ -251,7 +261,8 @@ def estimate(spec) -> dict:
     return {"train_flops": total, "params_min": min(sizes), "params_max": max(sizes),
             "population_bytes": memory, "cpu_seconds": seconds["cpu"], "gpu_seconds": seconds["cuda"],
             "cpu_metrics_seconds": measure["cpu"], "gpu_metrics_seconds": measure["cuda"],
-            "cpu_metrics_terms": terms, "metrics_not_estimated": metrics_not_estimated(spec)}
+            "cpu_metrics_terms": terms, "metrics_not_estimated": metrics_not_estimated(spec),
+            "publish_seconds": publish_seconds(stored)}
 
 
 def _train_seconds(build, members, data, device: str, steps: int, batch: int = 64,

@@ -43,7 +43,7 @@ def _compute(name: str) -> dict:
     return {"family": spec.arch.family, "task": spec.task.name, "models": spec.n_models,
             **{k: c[k] for k in ("params_min", "params_max", "train_flops", "population_bytes",
                                  "cpu_seconds", "gpu_seconds", "cpu_metrics_seconds", "gpu_metrics_seconds",
-                                 "metrics_not_estimated")}}
+                                 "metrics_not_estimated", "publish_seconds")}}
 
 
 def preset_rows(names: list[str]) -> dict[str, dict]:
@@ -91,7 +91,7 @@ def table_lines(rows: dict[str, dict]) -> list[str]:
 
     def times(r: dict, d: str) -> list[float]:
         train, metrics = r.get(f"{d}_seconds", math.nan), r.get(f"{d}_metrics_seconds", math.nan)
-        return [train, metrics, train + metrics]
+        return [train, metrics, train + metrics + r.get("publish_seconds", 0.0)]
 
     heads = [f"{label} {part}" for label, _ in devices for part in ("train", "metrics", "total")]
     lines = [f"{'preset':<30}{'family':<10}{'task':<16}{'models':>7}{'params/model':>20}{'train PFLOP':>12}"
@@ -111,9 +111,10 @@ def table_lines(rows: dict[str, dict]) -> list[str]:
         "train: training with its checkpoint evaluations (steps x measured per-step cost + counted training "
         "and evaluation FLOPs / measured throughput); metrics: the measure step (Hessian, spectral, linear paths, "
         "the Bezier bend and its curves, CKA, aligned LMC: their counted work x factors fitted from timed "
-        "builds); total: both, one population at a time (--jobs 1), on the machine the calibration was "
-        "measured on (shipped: a 2-core x86 CPU; zoo presets --calibrate measures yours). Publishing adds "
-        "seconds to minutes (HDF5 and Parquet writing, plots).",
+        "builds); total: both, plus start-up and publishing (about 5 s + 0.25 s per million stored weights), "
+        "one population at a time (--jobs 1), on the machine the calibration was measured on (shipped: an idle "
+        "2-core x86 CPU; zoo presets --calibrate measures yours). A busy machine is slower: there set "
+        "OMP_NUM_THREADS=1 (two threads competing with other work measured up to 12x slower).",
     ]
     if len(devices) == 1:
         lines.append("GPU: not calibrated yet (zoo presets --calibrate --device cuda on a GPU machine adds "
