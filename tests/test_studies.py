@@ -406,6 +406,25 @@ def test_weight_matching_that_skips_unchanged_costs_gives_the_plain_result(smoke
         assert set(lean) == {"perms", "sweeps"}
 
 
+def test_linear_assignments_spread_over_threads_are_the_serial_answers():
+    from scipy.optimize import linear_sum_assignment
+
+    from zoo.metrics.matching import linear_assignment
+
+    cost = torch.randn(9, 40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = linear_assignment(cost)
+        torch.set_num_threads(2)
+        threaded = linear_assignment(cost)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial, threaded)
+    for c, perm in zip(cost.numpy(), threaded, strict=True):
+        assert perm.tolist() == linear_sum_assignment(c, maximize=True)[1].tolist()
+
+
 def test_ste_budget_snapshots_are_the_shorter_searches(smoke):
     from zoo.metrics.matching import permutation_spec
     from zoo.metrics.ste import ste_merge

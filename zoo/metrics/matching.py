@@ -25,6 +25,7 @@ B, i.e. ``W_B' = take(W_B, perm, axis)`` on every axis the permutation touches.
 from __future__ import annotations
 
 import operator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -433,10 +434,21 @@ def _cost(spec: PermutationSpec, p: str, a: dict[str, Tensor], b: dict[str, Tens
     return cost
 
 
+_LAP_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
 def linear_assignment(cost: Tensor) -> Tensor:
-    """Maximising linear assignment per batch row: [K, n, n] -> perm [K, n] (scipy, per pair)."""
+    """Maximising linear assignment per batch row: [K, n, n] -> perm [K, n] (scipy, per pair).
+
+    scipy's solver releases the GIL, so with more than one torch thread (``torch.get_num_threads``:
+    OMP_NUM_THREADS or the CPU affinity, the thread rule of the rest of zoo) the K problems are
+    spread over that many threads; each answer is the same as solved alone."""
     c = cost.detach().cpu().numpy()
-    return torch.from_numpy(np.stack([linear_sum_assignment(ci, maximize=True)[1] for ci in c]))
+    threads = min(torch.get_num_threads(), len(c))
+    if threads < 2 or c.shape[-1] < 32:  # small problems: a thread hand-off costs more than the solve
+        return torch.from_numpy(np.stack([linear_sum_assignment(ci, maximize=True)[1] for ci in c]))
+    pool = _LAP_POOLS.get(threads) or _LAP_POOLS.setdefault(threads, ThreadPoolExecutor(threads, "zoo-lap"))
+    return torch.from_numpy(np.stack(list(pool.map(lambda ci: linear_sum_assignment(ci, maximize=True)[1], c))))
 
 
 def matching_objective(spec: PermutationSpec, a: dict[str, Tensor], b: dict[str, Tensor],
