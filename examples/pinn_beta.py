@@ -6,9 +6,8 @@ u = sin(x - beta t)) vs beta.
         [--out-md docs/results/pinn_beta.md] [--plot docs/results/pinn_beta.png]
 
 The models are planned, grouped and trained exactly as `zoo build` would (same model ids, seeds,
-populations, `zoo.pipeline.run_population`, no metrics beyond training), but each population gets the
-task data of its own beta: `zoo build` loads the task once from the spec's [task] section, so the
-beta axis does not reach the data (see docs/results/pinn_beta.md). A beta "fails" where the median
+populations, `zoo.pipeline.run_population`, no metrics beyond training), each population with the
+task data of its own beta, as the build loads it. A beta "fails" where the median
 relative L2 error over its models is at least --fail-at. Prints a table and one JSON line."""
 
 from __future__ import annotations
@@ -199,14 +198,13 @@ def report(result: dict, command: str, plot_path: Path | None) -> str:
         state = "still falling: the budget, not only the PINN, limits it" if end < 0.8 * half else "plateaued"
         lines.append(f"- beta = {b:g}: median relative L2 {half:.3f} at mid-training, {end:.3f} at the end ({state})")
     lines += ["", "## `zoo build` and the beta axis", "",
-              f"At the time of this run (git {result['git']}), `zoo build` loads the task once from the spec's "
-              "[task] section (`zoo.pipeline.build` -> `load_spec_task`) and hands the same data to every "
-              "population, so every beta cell trains on and is scored against beta = task.beta (1.0 in the "
-              "preset): a `zoo build --preset pinn-convection` shows no transition (test relative L2 0.01-0.07 in "
-              "every cell), and its beta = 40 models are 1.39 away from sin(x - 40 t). This example plans, groups "
-              "and trains the models exactly as the build does (`zoo.pipeline.run_population`) but loads each "
-              "population's own task data; `tests/test_pinn_beta_example.py` holds a strict xfail that turns "
-              "into a failure once the build honours task-data axes."]
+              "Until commit 339823a, `zoo build` loaded the task once from the spec's [task] section and handed "
+              "the same data to every population, so every beta cell trained on beta = task.beta (1.0 in the "
+              "preset) and a `zoo build --preset pinn-convection` showed no transition. Since then the build, "
+              "`zoo metrics` and the studies load each population's own task data (`zoo.pipeline.TaskCache`, "
+              "`Zoo.by_task`); `tests/test_pinn_beta_example.py` checks that every beta cell of a built zoo is "
+              "scored against its own solution. This example trains the models exactly as the build does "
+              "(`zoo.pipeline.run_population`) with each population's own task data."]
     if plot_path is not None:
         lines += ["", f"![PINN test error vs beta]({plot_path.name})"]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """docs/results/pinn_beta.md as a tested example (issue 15, item 5): the PINN failure transition in beta on
 1-D convection (Krishnapriyan et al. 2021), on a tiny run through examples/pinn_beta.py's main(); and the
-beta axis of `zoo build`, which does not reach the task data yet (strict xfail)."""
+beta axis of `zoo build`: each beta cell trains and is scored on its own data."""
 
 from __future__ import annotations
 
@@ -70,8 +70,19 @@ def test_build_scores_the_task_beta_cell_against_its_solution(pinn_zoo):
     assert math.isclose(stored, recomputed, rel_tol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="zoo build loads the task once from [task] (pipeline.load_spec_task): a "
-                   "task.beta axis does not reach the training or test data; docs/results/pinn_beta.md")
 def test_build_scores_every_beta_cell_against_its_own_solution(pinn_zoo):
     stored, recomputed = _rel_l2_against_exact(pinn_zoo, 30.0)
     assert math.isclose(stored, recomputed, rel_tol=1e-4)
+
+
+def test_a_published_zoo_gives_each_beta_cell_its_own_task_data(pinn_zoo):
+    """Readers, zoo metrics and the studies split a zoo by the task data its models were trained on."""
+    zoo = load(pinn_zoo)
+    groups = zoo.by_task()
+    assert sorted(g.models["config.task.beta"].iloc[0] for g in groups) == [1.0, 30.0]
+    for g in groups:
+        beta = float(g.models["config.task.beta"].iloc[0])
+        assert all(g.models["config.task.beta"] == beta)
+        assert g.task_data(g.model_ids[0]).extras["beta"] == beta
+    assert zoo.task_data().extras["beta"] == 1.0  # the spec's own [task] section
+    assert len(load(pinn_zoo).subset(groups[0].model_ids).by_task()) == 1

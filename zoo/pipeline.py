@@ -25,14 +25,14 @@ from .generators.adaptive import adaptive_plans
 from .generators.architectures import build_for_task
 from .generators.population import Member, TrainConfig, train_population
 from .generators.sampling import PopulationPlan, arch_key, checkpoint_steps, group_populations, plan_models
-from .generators.tasks import DatasetMissing, TaskData, load_task_section, task_record
+from .generators.tasks import DatasetMissing, TaskData, load_task_section, model_task, task_record
 from .generators.tasks.objectives import objective_for
 from .io import atomic_write_bytes
 from .metrics.base import Population
 from .metrics.measure import measure_population
 from .progress import ProgressBar, Reporter
 from .shards import read_shard, write_shard
-from .spec import MetricsSpec, ZooSpec, spec_identity, stable_hash
+from .spec import PER_MODEL_KEYS, MetricsSpec, ZooSpec, spec_identity, stable_hash
 
 STATE_DIR = ".zoo"  # build state inside the output folder: the spec and one shard per population
 NEW_STATE_PREFIX = ".zoo-new-"  # a build state being assembled (see prepare_output)
@@ -130,12 +130,29 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**10:.0f} KiB"
 
 
-def load_spec_task(spec: ZooSpec, data_root: Path | None = None) -> TaskData:
-    """The task data of a spec; a dataset that is not available is a user error."""
+def load_spec_task(spec: ZooSpec, data_root: Path | None = None, config: dict | None = None) -> TaskData:
+    """The task data of a spec, or of one model ``config`` of it (its task.* axis values applied);
+    a dataset that is not available is a user error."""
+    task = spec.to_dict()["task"]
     try:
-        return load_task_section(spec.to_dict()["task"], data_root)
+        return load_task_section(model_task(task, config) if config else task, data_root)
     except (DatasetMissing, ValueError, RuntimeError) as e:
         raise BuildError(str(e)) from None
+
+
+class TaskCache:
+    """Each population's task data, loaded once per distinct ``[task]`` section: phase axes on task
+    fields (``task.beta``, ``task.n_train``) give populations their own data."""
+
+    def __init__(self, spec: ZooSpec, data_root: Path | None):
+        self.spec, self.data_root, self.cache = spec, data_root, {}
+
+    def __call__(self, pop: PopulationPlan) -> TaskData:
+        config = {k: v for k, v in pop.members[0].config.items() if k.startswith("task.") and k not in PER_MODEL_KEYS}
+        key = stable_hash(config)
+        if key not in self.cache:
+            self.cache[key] = load_spec_task(self.spec, self.data_root, config)
+        return self.cache[key]
 
 
 def prepare_output(out: Path, spec: ZooSpec) -> None:
@@ -289,6 +306,7 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
 
     out = Path(out)
     data = load_spec_task(spec, data_root)  # before touching the output folder
+    task_of = TaskCache(spec, data_root)
     budget = max_memory if max_memory is not None else default_max_memory(device)
     population_cap(spec, plan_models(spec, "grid"), budget)  # a model that cannot fit fails here, first
     prepare_output(out, spec)
@@ -313,7 +331,7 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
                 continue
             workers = max(1, min(jobs, len(mine)))
             threads = max(1, usable_cores() // workers) if backend == "loky" else None
-            tasks = (delayed(run_population)(p, data, shard_path(out, p), threads, device, precision,
+            tasks = (delayed(run_population)(p, task_of(p), shard_path(out, p), threads, device, precision,
                                              metrics=spec.metrics, progress=bar.folder / f"{p.population_id}.json")
                      for p in mine)
             try:

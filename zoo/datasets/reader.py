@@ -361,14 +361,28 @@ class Zoo:
             self._store.cache["task"] = self.manifest.get("task") or task_record(self.task_data())
         return self._store.cache["task"]
 
-    def task_data(self):
-        """The training/test data the zoo was trained on, with the spec's task options."""
-        from ..generators.tasks import load_task_section
+    def task_data(self, model_id: str | None = None):
+        """The training/test data the zoo (or the model ``model_id``: its task.* phase axis values
+        applied, e.g. task.beta) was trained on."""
+        from ..generators.tasks import load_task_section, model_task
 
         try:
-            return load_task_section(self.manifest["spec"]["task"])
+            task = self.manifest["spec"]["task"]
+            return load_task_section(model_task(task, self.config(model_id)) if model_id else task)
         except (KeyError, TypeError) as e:
             raise DatasetError(f"zoo.json's spec has no usable [task] section ({e})") from None
+
+    def by_task(self) -> list[Zoo]:
+        """Views of the models that share their task data: one, unless a phase axis varies a task
+        field (task.beta, task.n_train; per-model fields such as label noise do not split)."""
+        from ..spec import PER_MODEL_KEYS
+
+        models = self.models
+        keys = [c for c in models if c.startswith("config.task.") and c[7:] not in PER_MODEL_KEYS
+                and models[c].astype(str).nunique() > 1]
+        if not keys:
+            return [self]
+        return [self.subset(g["model_id"]) for _, g in models.groupby(keys, sort=False)]
 
 
 def load(root: str | Path) -> Zoo:

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..io import atomic_write_bytes
+from ..pipeline import load_spec_task
 from ..progress import ProgressBar
 from ..spec import MetricsSpec, SpecError, apply_overrides, spec_from_dict
 from .card import dataset_card
@@ -88,8 +89,6 @@ def _chunks(models: pd.DataFrame, size: int):
 def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progress: bool = True) -> dict:
     """Measure ``family`` (a metric, a group or all) on every model of the zoo at ``root``;
     returns {"models": n, "<table>": rows measured} for the tables measured."""
-    from ..pipeline import load_spec_task
-
     names = metric_names(family)
     for item in overrides:
         if not item.strip().startswith("metrics."):
@@ -104,7 +103,7 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
     with ProgressBar(None, len(zoo.models), desc=f"zoo metrics {family}", enabled=progress,
                      weights={"measure": 1.0}) as bar:
         for aid in zoo.arch_ids:
-            _measure_arch(zoo, aid, data, spec.build.max_population, metrics, bar, per_model, tables)
+            _measure_arch(zoo, aid, spec, spec.build.max_population, metrics, bar, per_model, tables)
         bar.stage("publish")
         models = _merged_models(Path(root), per_model, names)
         with all_or_nothing(root):  # a full disk midway leaves the zoo as it was
@@ -112,34 +111,42 @@ def add_metrics(root: str | Path, family: str, overrides: list[str] = (), progre
                 "command": "metrics", "family": family, "set": list(overrides)})
 
 
-def _measure_arch(zoo, aid: str, data, chunk: int, metrics: MetricsSpec, bar: ProgressBar, per_model: list,
+def _measure_arch(zoo, aid: str, spec, chunk: int, metrics: MetricsSpec, bar: ProgressBar, per_model: list,
                   tables: dict) -> None:
-    """Measure one architecture's models, cell-complete chunks of at most ``chunk`` models, into
-    ``per_model`` (frames with the new notes) and ``tables`` (name -> frames)."""
+    """Measure one architecture's models, cell-complete chunks of at most ``chunk`` models of one
+    task data each, into ``per_model`` (frames with the new notes) and ``tables`` (name -> frames)."""
+    view = zoo.arch(aid)
+    steps = view.steps(aid)
+    for group in view.by_task():
+        cfg = view.config(group.model_ids[0])
+        data = load_spec_task(spec, config={k: v for k, v in cfg.items() if k.startswith("task.")})
+        for ids in _chunks(group.models, chunk):
+            _measure_chunk(view, aid, ids, cfg, data, steps, metrics, bar, per_model, tables)
+
+
+def _measure_chunk(view, aid: str, ids: list[str], cfg: dict, data, steps: list[int], metrics: MetricsSpec,
+                   bar: ProgressBar, per_model: list, tables: dict) -> None:
+    """Measure the models ``ids`` (one population's worth) on ``data``, their task data."""
     from ..generators.architectures import build_for_task
     from ..generators.tasks.objectives import objective_for
     from ..metrics.base import Population
     from ..metrics.measure import measure_population
 
-    view = zoo.arch(aid)
-    cfg = view.config(view.model_ids[0])
     build, adapt = build_for_task(cfg, data.input_shape, data.n_classes, data.extras.get("vocab_size"))
     adapted = replace(data, x_train=adapt(data.x_train), x_test=adapt(data.x_test))
-    steps = view.steps(aid)
-    for ids in _chunks(view.models, chunk):
-        with bar.track(len(ids)) as unit:
-            unit.report("load", 0, 1)
-            rows = view.models.set_index("model_id").loc[ids]
-            weights = np.stack([view.weights(ids, step=s) for s in steps])  # [K, M, P]
-            population = Population(
-                model=build(), objective=objective_for(adapted), data=adapted, weights=weights, steps=steps,
-                layout=view.layout_of(aid), model_ids=ids, cell_ids=rows["cell_id"].tolist(),
-                status=rows["status"].tolist(), lr=rows["config.train.lr"].tolist(), optimizer=cfg["train.optimizer"],
-                momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
-            measured = measure_population(population, metrics, report=unit.report)
-        per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model, "new_note": measured.notes}))
-        for name, table in measured.tables.items():
-            tables.setdefault(name, []).append(table)
+    with bar.track(len(ids)) as unit:
+        unit.report("load", 0, 1)
+        rows = view.models.set_index("model_id").loc[ids]
+        weights = np.stack([view.weights(ids, step=s) for s in steps])  # [K, M, P]
+        population = Population(
+            model=build(), objective=objective_for(adapted), data=adapted, weights=weights, steps=steps,
+            layout=view.layout_of(aid), model_ids=ids, cell_ids=rows["cell_id"].tolist(),
+            status=rows["status"].tolist(), lr=rows["config.train.lr"].tolist(), optimizer=cfg["train.optimizer"],
+            momentum=cfg["train.momentum"], batch_size=cfg["train.batch_size"])
+        measured = measure_population(population, metrics, report=unit.report)
+    per_model.append(pd.DataFrame({"model_id": ids, **measured.per_model, "new_note": measured.notes}))
+    for name, table in measured.tables.items():
+        tables.setdefault(name, []).append(table)
 
 
 def _merged_models(root: Path, per_model: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:

@@ -156,23 +156,27 @@ class Population:
 
 
 def populations(zoo: Zoo, data: TaskData, dtype: torch.dtype = torch.float64) -> Iterator[Population]:
-    """One Population per architecture of ``zoo`` (its ``status == ok`` models, in view order)."""
-    from ..generators.architectures import build_for_task
-
+    """One Population per architecture of ``zoo`` (its ``status == ok`` models, in view order), or
+    per architecture and task data where a phase axis varies a task field (task.beta, task.n_train)."""
     ok = zoo.models[zoo.models["status"] == "ok"]
     for aid in dict.fromkeys(ok["arch_id"]):
-        view = zoo.subset(ok.loc[ok["arch_id"] == aid, "model_id"])
-        ids = view.model_ids
-        build, adapt = build_for_task(view.config(ids[0]), data.input_shape, data.n_classes,
-                                      data.extras.get("vocab_size"))
-        layout = view.layout_of(aid)
-        params, buffers = from_flat(torch.from_numpy(view.weights(ids)).to(dtype), layout)
+        groups = zoo.subset(ok.loc[ok["arch_id"] == aid, "model_id"]).by_task()
+        for view in groups:
+            yield _population(aid, view, data if len(groups) == 1 else view.task_data(view.model_ids[0]), dtype)
 
-        as_x = _adapter(adapt, dtype)
-        pop = Population(aid, ids, view.models, build().to(dtype).eval(), build, params, buffers,
-                         as_x(data.x_train), torch.as_tensor(data.y_train), as_x(data.x_test),
-                         torch.as_tensor(data.y_test), objective_for(data), layout, as_x)
-        yield pop
+
+def _population(aid: str, view: Zoo, data: TaskData, dtype: torch.dtype) -> Population:
+    """The study's Population of ``view``'s models (one architecture, one task data)."""
+    from ..generators.architectures import build_for_task
+
+    ids = view.model_ids
+    build, adapt = build_for_task(view.config(ids[0]), data.input_shape, data.n_classes, data.extras.get("vocab_size"))
+    layout = view.layout_of(aid)
+    params, buffers = from_flat(torch.from_numpy(view.weights(ids)).to(dtype), layout)
+    as_x = _adapter(adapt, dtype)
+    return Population(aid, ids, view.models, build().to(dtype).eval(), build, params, buffers,
+                      as_x(data.x_train), torch.as_tensor(data.y_train), as_x(data.x_test),
+                      torch.as_tensor(data.y_test), objective_for(data), layout, as_x)
 
 
 def _adapter(adapt: Callable, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:

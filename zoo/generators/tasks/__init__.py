@@ -45,6 +45,12 @@ def load_task_section(task: dict, data_root: Path | None = None) -> TaskData:
                      **{k: task[k] for k in options if k in task})
 
 
+def model_task(task_section: dict, config: dict) -> dict:
+    """The ``[task]`` section one model was trained on: the spec's, with the model's own
+    ``task.*`` values (phase axes such as ``task.beta``, ``task.n_train`` or ``task.modulus``)."""
+    return {**task_section, **{k[5:]: v for k, v in config.items() if k.startswith("task.")}}
+
+
 def task_record(data: TaskData) -> dict:
     """What a reader needs to rebuild any model of the task without loading its data (zoo.json "task")."""
     return {"name": data.name, "kind": data.kind, "input_shape": list(data.input_shape),
@@ -52,4 +58,4 @@ def task_record(data: TaskData) -> dict:
 
 
 __all__ = ["REGISTRY", "TASKS", "TASK_OPTIONS", "DatasetMissing", "Task", "TaskData", "default_data_root", "get_task",
-           "load_task", "load_task_section", "task_kind", "task_record", "task_shape"]
+           "load_task", "load_task_section", "model_task", "task_kind", "task_record", "task_shape"]
