@@ -547,6 +547,8 @@ OS_CASES = [  # (id, command on the zoo, errno, atomic writes that succeed first
     *[(f"metrics ENOSPC after {n} new files", lambda r, t: ["metrics", "spectral", r, "--quiet", "--set",
                                                              "metrics.farms=false"], errno.ENOSPC, n, "free disk space")
       for n in (1, 2, 4)],
+    ("study ENOSPC after its table", lambda r, t: ["study", "shift", r, "--quiet"], errno.ENOSPC, 1,
+     "free disk space"),
     ("export EROFS", lambda r, t: ["export", r, "--format", "npz", "--out", t / "export"], errno.EROFS, 0,
      "read-only"),
     ("export parquet ENOSPC", lambda r, t: ["export", r, "--format", "parquet", "--out", t / "export"],

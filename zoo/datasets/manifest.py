@@ -88,10 +88,12 @@ def all_or_nothing(root: str | Path) -> Iterator[None]:
 
     Every file is hard-linked aside first: writers replace files by rename, so a link keeps the
     old bytes and costs no space. On error the links are renamed back (which needs no space
-    either) and files the command added are removed; either way the undo folder goes.
+    either) and the files and empty folders the command added are removed; either way the undo
+    folder goes.
     """
     root = Path(root)
     before = _published_files(root)
+    folders = {p for p in root.rglob("*") if p.is_dir()}
     undo = Path(tempfile.mkdtemp(prefix=".zoo-undo-", dir=root))
     try:
         for rel in before:
@@ -106,6 +108,9 @@ def all_or_nothing(root: str | Path) -> Iterator[None]:
             (root / rel).unlink(missing_ok=True)
         for rel in before:
             os.replace(undo / rel, root / rel)
+        for folder in sorted({p for p in root.rglob("*") if p.is_dir()} - folders - {undo}, reverse=True):
+            if not any(folder.iterdir()) and not folder.is_relative_to(undo):
+                folder.rmdir()
         raise
     finally:
         shutil.rmtree(undo, ignore_errors=True)

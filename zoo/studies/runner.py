@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..datasets.manifest import record, require_intact
+from ..datasets.manifest import all_or_nothing, record, require_intact
 from ..datasets.reader import load
 from ..errors import SpecError
 from ..io import atomic_path, atomic_write_bytes
@@ -65,12 +65,13 @@ def run_study(root: str | Path, name: str, overrides: list[str] = (), progress: 
     n_models = int((zoo.models["status"] == "ok").sum())
     entry = {"options": _jsonable(options), "file": table, "plot": plot, "rows": len(rows), "row": study.row,
              "wall_time_s": round(wall, 3), "wall_time_per_model_s": round(wall / max(n_models, 1), 6)}
-    write_table(root / table, rows, {"study": name, **entry})
-    study.plot(rows, options, root / plot)
-    update_card(root / "README.md", study, entry)
-    studies = {**manifest.get("studies", {}), name: entry}
-    record(root, manifest, written=[table, plot, "README.md"], extra={"studies": studies},
-           event={"command": "study", "study": name, "set": list(overrides)})
+    with all_or_nothing(root):  # a full disk midway leaves the zoo as it was
+        write_table(root / table, rows, {"study": name, **entry})
+        study.plot(rows, options, root / plot)
+        update_card(root / "README.md", study, entry)
+        studies = {**manifest.get("studies", {}), name: entry}
+        record(root, manifest, written=[table, plot, "README.md"], extra={"studies": studies},
+               event={"command": "study", "study": name, "set": list(overrides)})
     if progress:
         print(f"zoo study {name}: {len(rows)} rows in {wall:.1f} s", file=sys.stderr)
     return {**entry, "resumed": False}
