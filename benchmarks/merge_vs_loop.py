@@ -35,11 +35,11 @@ from zoo.generators.tasks.objectives import Classification
 from zoo.metrics.lmc import repairable
 from zoo.metrics.matching import permutation_spec
 from zoo.metrics.ste import ste_merge
-from zoo.studies.base import Population
+from zoo.studies.base import StudyPopulation
 from zoo.studies.merge import STUDY, _groups, _members, align, merge_population, repair_merged
 
 
-def population(width: int, lrs, seeds: int, steps: int, data) -> Population:
+def population(width: int, lrs, seeds: int, steps: int, data) -> StudyPopulation:
     """A trained population of one width, as the studies load it from a zoo (float64 states)."""
     build = lambda: build_model("mlp", in_dim=40, out_dim=10, width=width, depth=2)  # noqa: E731
     members = [Member(f"m-w{width}-lr{lr}-s{s}", seed=s, lr=lr) for lr in lrs for s in range(seeds)]
@@ -49,7 +49,7 @@ def population(width: int, lrs, seeds: int, steps: int, data) -> Population:
     rows = pd.DataFrame({"model_id": ids, "cell_id": [f"w{width}-lr{m.lr}" for m in members],
                          "config.train.lr": [m.lr for m in members]})
     x = lambda a: torch.as_tensor(a).double()  # noqa: E731
-    return Population(f"mlp-w{width}", ids, rows, build().double().eval(), build, params, buffers,
+    return StudyPopulation(f"mlp-w{width}", ids, rows, build().double().eval(), build, params, buffers,
                       x(data.x_train), torch.as_tensor(data.y_train), x(data.x_test), torch.as_tensor(data.y_test),
                       Classification(), res.layout, x)
 
@@ -61,7 +61,7 @@ def _score(net: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor) 
     return float((logits.argmax(-1) == y).double().mean()), float(F.cross_entropy(logits, y))
 
 
-def loop_population(pop: Population, net: torch.nn.Module, options: dict, sets_by_k: dict) -> pd.DataFrame:
+def loop_population(pop: StudyPopulation, net: torch.nn.Module, options: dict, sets_by_k: dict) -> pd.DataFrame:
     """The same work one group at a time: align that group, merge, fix, score with a plain forward."""
     spec = permutation_spec(pop.model)
     state = {**pop.params, **pop.buffers}

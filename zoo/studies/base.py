@@ -2,7 +2,7 @@
 
 A study reads a published zoo and computes something downstream of training (ensembles, merges,
 pruning, fine-tuning, shifts). It never loops over models in Python where it can avoid it: each
-architecture's models are loaded as one stacked population (``Population``) and evaluated with
+architecture's models are loaded as one stacked population (``StudyPopulation``) and evaluated with
 the same vectorized forward as training and metrics (``zoo.functional.make_forward``), in float64
 on the CPU like the trainer's checkpoint evaluation, so a study's numbers at "no change" equal the
 published ones.
@@ -27,6 +27,7 @@ from ..errors import DatasetError, SpecError
 from ..functional import Layout, evaluate, from_flat, make_forward
 from ..generators.tasks import TaskData, load_task_section
 from ..generators.tasks.objectives import objective_for
+from ..progress import track
 
 Tensor = torch.Tensor
 
@@ -111,7 +112,7 @@ def task_data(zoo: Zoo) -> TaskData:
 
 
 @dataclass
-class Population:
+class StudyPopulation:
     """The ok models of one architecture as stacked float64 tensors, with the task data they take."""
 
     arch_id: str
@@ -155,18 +156,19 @@ class Population:
         return torch.cat(parts, 1)
 
 
-def populations(zoo: Zoo, data: TaskData, dtype: torch.dtype = torch.float64) -> Iterator[Population]:
-    """One Population per architecture of ``zoo`` (its ``status == ok`` models, in view order), or
+def populations(zoo: Zoo, data: TaskData, dtype: torch.dtype = torch.float64) -> Iterator[StudyPopulation]:
+    """One StudyPopulation per architecture of ``zoo`` (its ``status == ok`` models, in view order), or
     per architecture and task data where a phase axis varies a task field (task.beta, task.n_train)."""
     ok = zoo.models[zoo.models["status"] == "ok"]
     for aid in dict.fromkeys(ok["arch_id"]):
         groups = zoo.subset(ok.loc[ok["arch_id"] == aid, "model_id"]).by_task()
         for view in groups:
-            yield _population(aid, view, data if len(groups) == 1 else view.task_data(view.model_ids[0]), dtype)
+            with track(len(view.model_ids)):  # the progress bar counts these models done when the study moves on
+                yield _population(aid, view, data if len(groups) == 1 else view.task_data(view.model_ids[0]), dtype)
 
 
-def _population(aid: str, view: Zoo, data: TaskData, dtype: torch.dtype) -> Population:
-    """The study's Population of ``view``'s models (one architecture, one task data)."""
+def _population(aid: str, view: Zoo, data: TaskData, dtype: torch.dtype) -> StudyPopulation:
+    """The study's StudyPopulation of ``view``'s models (one architecture, one task data)."""
     from ..generators.architectures import build_for_task
 
     ids = view.model_ids
@@ -174,7 +176,7 @@ def _population(aid: str, view: Zoo, data: TaskData, dtype: torch.dtype) -> Popu
     layout = view.layout_of(aid)
     params, buffers = from_flat(torch.from_numpy(view.weights(ids)).to(dtype), layout)
     as_x = _adapter(adapt, dtype)
-    return Population(aid, ids, view.models, build().to(dtype).eval(), build, params, buffers,
+    return StudyPopulation(aid, ids, view.models, build().to(dtype).eval(), build, params, buffers,
                       as_x(data.x_train), torch.as_tensor(data.y_train), as_x(data.x_test),
                       torch.as_tensor(data.y_test), objective_for(data), layout, as_x)
 
@@ -209,7 +211,7 @@ def pick(items: list, size: int, limit: int, seed: int) -> list[tuple]:
 
 # ---------------------------------------------------------------- short training from given weights
 
-def train_stacked(pop: Population, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+def train_stacked(pop: StudyPopulation, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
                   labels: Tensor, order: Tensor, lr: Tensor, momentum: Tensor,
                   masks: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """SGD with momentum on N stacked states; returns the trained (params, buffers).
@@ -248,7 +250,7 @@ def train_stacked(pop: Population, params: dict[str, Tensor], buffers: dict[str,
     return {k: v.detach() for k, v in p.items()}, b
 
 
-def own_training_data(pop: Population, y: Tensor, n_classes: int, steps: int, salt: str) -> tuple[Tensor, Tensor]:
+def own_training_data(pop: StudyPopulation, y: Tensor, n_classes: int, steps: int, salt: str) -> tuple[Tensor, Tensor]:
     """(labels [M, n], batch order [M, steps, B]) of each model of ``pop`` on its own training data.
 
     Labels (label noise) and the data subset are the model's own, rebuilt exactly as in training
@@ -308,5 +310,6 @@ def by_phase(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         return {"all": rows}
     return {str(k): g for k, g in rows.groupby(rows[label].fillna("unknown").astype(str), sort=True)}
 
-__all__ = ["Option", "Population", "Study", "axes_grid", "by_phase", "pick", "populations", "save_figure", "study_seed",
-           "batch_order", "own_training_data", "task_data", "train_stacked"]
+
+__all__ = ["Option", "Study", "StudyPopulation", "axes_grid", "batch_order", "by_phase", "own_training_data", "pick",
+           "populations", "save_figure", "study_seed", "task_data", "train_stacked"]

@@ -161,7 +161,7 @@ def run(zoo, options: dict) -> pd.DataFrame:
 
 
 def merge_population(pop, options: dict, sets_by_k: dict[int, list[tuple[str, ...]]] | None = None) -> pd.DataFrame:
-    """The study's rows for one population (``base.Population``): every group of every k (default: the
+    """The study's rows for one population (``base.StudyPopulation``): every group of every k (default: the
     study's seeded member sets per cell), every method, every fix, all groups of a (k, method) at once."""
     try:
         spec, no_spec = permutation_spec(pop.model), ""
