@@ -33,6 +33,7 @@ CPU = {  # script -> extra arguments
     "connectivity": [],
     "merge_vs_loop": [],
     "default_build": [],
+    "contention": [],
     "scaling": [],
     "kernels": [],
     "nuclear_norm": [],
