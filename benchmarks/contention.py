@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import _harness as h
@@ -55,9 +56,8 @@ def main() -> None:
     records = []
     for name in args.settings.split(","):
         jobs, threads = SETTINGS[name]
-        quiet, busy = h.interleave(lambda: build_seconds(args.preset, overrides, jobs, threads, False),
-                                   lambda: build_seconds(args.preset, overrides, jobs, threads, True),
-                                   rounds=args.rounds, warmup=0)
+        quiet, busy = h.interleave(*[partial(build_seconds, args.preset, overrides, jobs, threads, competing)
+                                     for competing in (False, True)], rounds=args.rounds, warmup=0)
         records.append(h.result(
             "contention", "the same build with one competing CPU-bound process", quiet, busy, agree=None,
             case=f"preset {args.preset} {' '.join(overrides)}, setting {name} (--jobs {jobs or 1}, "
