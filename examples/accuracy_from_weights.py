@@ -21,7 +21,9 @@ Context rows: ``cell_mean_oracle`` predicts each held-out model by its own cell'
 ceiling of seed-to-seed spread), ``config_krr`` is kernel ridge on the true (log width, log lr).
 Phase from weights: logistic regression on either feature set against the fit cells' majority phase.
 
-    python examples/accuracy_from_weights.py --zoo zoo-out
+    python examples/accuracy_from_weights.py --zoo zoo-out [--quiet]
+
+Progress (the predictor being fit, held-out draws, draws/s, ETA) goes to stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from zoo.datasets import TokenView, affine_layers, compute_norm_stats, load, pad_tokens, split_by_cells
+from zoo.progress import ProgressBar, interruptible, stage, track
 
 QUANTILES = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0], dtype=torch.float64)
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
@@ -154,10 +158,11 @@ def ridge(x: np.ndarray, y: np.ndarray):
     return model.predict
 
 
-def deepsets(pa, view, fit_ids: list[str], test_ids: list[str], target: str, steps: int, seed: int):
+def deepsets(pa, view, fit_ids: list[str], test_ids: list[str], target: str, steps: int, seed: int,
+             on_step=None):
     stats = compute_norm_stats(view)
     fit = pad_tokens(list(TokenView(view.subset(fit_ids), target=target, normalize=stats)))
-    net = pa.fit_deepsets(fit, steps, seed)
+    net = pa.fit_deepsets(fit, steps, seed, on_step=on_step)
     test = pad_tokens(list(TokenView(view.subset(test_ids), target=target, normalize=stats,
                                      token_size=fit["tokens"].shape[-1])))
     with torch.no_grad():
@@ -180,10 +185,12 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def evaluate(zoo, args, pa) -> dict:
+    stage("features")
     ids, x_stats = pa.weight_statistics(zoo)
     ids_inv, x_inv = invariant_features(zoo, args.probe)
     if ids_inv != ids:
         raise RuntimeError("feature rows out of order")
+    stage("held-out draws")
     models = zoo.models.set_index("model_id").loc[ids]
     y = models[args.target].to_numpy(dtype=float)
     cell = models["cell_id"].to_numpy()
@@ -199,14 +206,17 @@ def evaluate(zoo, args, pa) -> dict:
         fit = [i for i, m in enumerate(ids) if split_of[m] != "test"]
         test_cells, fit_cells = set(cell[test]), set(cell[fit])
         yt = y[test]
-        preds = {"ridge_stats": ridge(x_stats[fit], y[fit])(x_stats[test]),
-                 "ridge_invariant": ridge(x_inv[fit], y[fit])(x_inv[test]),
-                 "krr_invariant": kernel_ridge(x_inv[fit], y[fit], cell[fit])(x_inv[test]),
-                 "trees_invariant": extra_trees(x_inv[fit], y[fit], seed)(x_inv[test]),
-                 "config_krr": kernel_ridge(config[fit], y[fit], cell[fit])(config[test])}
-        if args.deepsets_steps > 0:
-            preds["deepsets"] = deepsets(pa, view, [ids[i] for i in fit], [ids[i] for i in test],
-                                         args.target, args.deepsets_steps, seed)
+        with track(1) as draw:  # progress: one held-out draw; the stage names the predictor being fit
+            draw.report(f"draw {seed}: ridge, kernel ridge, trees")
+            preds = {"ridge_stats": ridge(x_stats[fit], y[fit])(x_stats[test]),
+                     "ridge_invariant": ridge(x_inv[fit], y[fit])(x_inv[test]),
+                     "krr_invariant": kernel_ridge(x_inv[fit], y[fit], cell[fit])(x_inv[test]),
+                     "trees_invariant": extra_trees(x_inv[fit], y[fit], seed)(x_inv[test]),
+                     "config_krr": kernel_ridge(config[fit], y[fit], cell[fit])(config[test])}
+            if args.deepsets_steps > 0:
+                preds["deepsets"] = deepsets(pa, view, [ids[i] for i in fit], [ids[i] for i in test],
+                                             args.target, args.deepsets_steps, seed,
+                                             partial(draw.report, f"draw {seed}: DeepSets", total=args.deepsets_steps))
         means = {c: y[[i for i in test if cell[i] == c]].mean() for c in test_cells}
         preds["cell_mean_oracle"] = np.array([means[cell[i]] for i in test])
         configs = sorted({tuple(float(v) for v in np.exp(config[i]).round(6)) for i in test})
@@ -325,13 +335,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", default="config.train.lr", help="config column for config_krr")
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--out-md", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
     zoo = load(args.zoo)
     zoo = zoo.subset(zoo.models["status"] == "ok")
-    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              **evaluate(zoo, args, _predict_accuracy())}
+    with ProgressBar(None, args.splits, desc="accuracy_from_weights", enabled=not args.quiet, unit="draw",
+                     weights={}):
+        result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                  **evaluate(zoo, args, _predict_accuracy())}
     result["wall_s"] = time.time() - start
     if args.plot is not None:
         plot(result, args.plot)
@@ -352,4 +365,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "accuracy_from_weights")

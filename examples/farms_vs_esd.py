@@ -24,6 +24,8 @@ both (and of the per-q medians, which one failed fit cannot move), and whether F
 most half of plain alpha's (the bar of issue 15).
 
     python examples/farms_vs_esd.py --out-md docs/results/farms_vs_esd.md --plot docs/results/farms_vs_esd.png
+
+Progress (setting and q, matrices, matrices/s, ETA) goes to stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from zoo.metrics.spectral import spectral_tables
+from zoo.progress import ProgressBar, interruptible, track
 
 SETTINGS = ("student_t", "gaussian", "planted", "trained", "trained_fanin")
 
@@ -83,7 +87,7 @@ def task(d: int, seed: int, n: int = 4096, classes: int = 10, z: int = 32):
     return x, y
 
 
-def trained_matrices(m: int, q: int, seeds: int, seed: int, args, fanin: bool = False):
+def trained_matrices(m: int, q: int, seeds: int, seed: int, args, fanin: bool = False, on_step=None):
     """First-layer weights [seeds, m, q m] of MLPs q m -> m -> 10 trained with SGD (first-layer lr / q
     if ``fanin``) and their held-out accuracies."""
     d, weights, accs = q * m, [], []
@@ -95,12 +99,14 @@ def trained_matrices(m: int, q: int, seeds: int, seed: int, args, fanin: bool = 
         first = args.lr / q if fanin else args.lr
         opt = torch.optim.SGD([{"params": net[0].parameters(), "lr": first},
                                {"params": net[2].parameters()}], lr=args.lr, momentum=0.9)
-        for _ in range(args.train_steps):
+        for k in range(args.train_steps):
             i = torch.randint(0, fit, (128,))
             loss = nn.functional.cross_entropy(net(x[i]), y[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if on_step:
+                on_step(s * args.train_steps + k + 1)
         with torch.no_grad():
             accs.append(float((net(x[fit:]).argmax(1) == y[fit:]).float().mean()))
         weights.append(net[0].weight.detach())
@@ -112,15 +118,19 @@ def spread(values: list[float]) -> float:
 
 
 def run_setting(setting: str, args) -> dict:
-    rows = []
+    rows, trained = [], setting.startswith("trained")
     for q in args.ratios:
         n = q * args.m
         accs = None
-        if setting.startswith("trained"):
-            mats, accs = trained_matrices(args.m, q, args.train_seeds, args.seed, args, setting == "trained_fanin")
-        else:
-            mats = random_matrices(setting, n, args.m, args.seeds, args.seed, args)
-        alpha, farms = fit_alphas(mats, args.farms_window, args.farms_grid)
+        with track(args.train_seeds if trained else args.seeds) as unit:  # progress: this q's matrices
+            unit.report(f"{setting} q={q}")
+            if trained:
+                mats, accs = trained_matrices(args.m, q, args.train_seeds, args.seed, args, setting == "trained_fanin",
+                                              partial(unit.report, f"{setting} q={q}",
+                                                      total=args.train_seeds * args.train_steps))
+            else:
+                mats = random_matrices(setting, n, args.m, args.seeds, args.seed, args)
+            alpha, farms = fit_alphas(mats, args.farms_window, args.farms_grid)
         row = {"q": q, "shape": "x".join(map(str, mats.shape[1:])), "n_matrices": len(alpha),
                "alpha_mean": float(np.nanmean(alpha)), "alpha_std": float(np.nanstd(alpha)),
                "farms_mean": float(np.nanmean(farms)), "farms_std": float(np.nanstd(farms)),
@@ -250,16 +260,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=Path, default=None, help="write the plot (PNG) here")
     p.add_argument("--out-md", type=Path, default=None, help="write a markdown report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
+    matrices = len(args.ratios) * sum(args.train_seeds if s.startswith("trained") else args.seeds
+                                      for s in args.settings)
+    with ProgressBar(None, matrices, desc="farms_vs_esd", enabled=not args.quiet, unit="matrix", weights={}) as bar:
+        settings = {s: run_setting(s, args) for s in args.settings}
+        bar.stage("one-window check")
+        single_window = single_window_check(args)
     result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "m": args.m, "ratios": args.ratios, "seeds": args.seeds, "train_seeds": args.train_seeds,
               "farms_window": args.farms_window, "farms_grid": args.farms_grid,
               "options": {"df": args.df, "planted_alpha": args.planted_alpha, "lr": args.lr,
                           "steps": args.train_steps},
-              "settings": {s: run_setting(s, args) for s in args.settings},
-              "single_window": single_window_check(args)}
+              "settings": settings, "single_window": single_window}
     result["wall_s"] = time.time() - start
     if args.plot is not None:
         plot(result, args.plot)
@@ -273,4 +289,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "farms_vs_esd")

@@ -9,7 +9,8 @@ with test acc >= --test-at.
 
 The default --set list is the run of docs/results/grokking.md (modulus 31, half of all pairs for
 training, width 64, Adam lr 3e-3, batch 128, 8,000 steps, weight decay 0 vs 3e-3, 3 seeds, training metrics
-only). Prints a table and one JSON line."""
+only). Prints a table and one JSON line; the build's progress (stage, models, models/s, ETA) and the findings
+go to stderr unless --quiet."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from zoo.progress import interruptible
 
 DEFAULT_SETS = ["task.modulus=31", "task.n_train=480", "task.n_test=481", "arch.width=64", "train.lr=0.003",
                 "train.batch_size=128", "train.steps=8000", "train.checkpoints=80", "phase.seeds=[0,1,2]",
@@ -237,4 +240,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "grokking")

@@ -11,7 +11,9 @@ the gap closes as width grows. Writes a report (date, machine, command, numbers,
 by hand.
 
     python examples/merge_width.py ZOO_DIR [--lrs 0.03] [--set study.key=value ...]
-        [--out docs/results/merge_width.md]
+        [--out docs/results/merge_width.md] [--quiet]
+
+The study's progress (stage, models, models/s, ETA) goes to stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoo.progress import interruptible
 from zoo.studies.runner import run_study, study_files
 
 WIDTH, LR = "config.arch.width", "config.train.lr"
@@ -194,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lrs", type=float, nargs="+", help="learning rates of the cells (default: the well-trained one)")
     ap.add_argument("--set", action="append", default=[], help="merge study option study.key=value (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/merge_width.md"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    entry = run_study(args.zoo, "merge", args.set, progress=False)
+    entry = run_study(args.zoo, "merge", args.set, progress=not args.quiet)
     rows = pd.read_parquet(args.zoo / study_files("merge")[0])
     models = pd.read_parquet(args.zoo / "models.parquet")
     lrs, chosen = (args.lrs, "given") if args.lrs else ([well_trained_lr(models)], "the best mean test accuracy")
@@ -224,4 +228,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "merge_width")

@@ -19,7 +19,9 @@ from the zoo make a claim "not testable", never "reproduced". Writes a report (d
 numbers, plot); no number in it is typed by hand.
 
     python examples/phase_downstream.py ZOO_DIR [--set STUDY:study.key=value ...]
-        [--out docs/results/phase_downstream.md]
+        [--out docs/results/phase_downstream.md] [--quiet]
+
+Each study's progress (study i of 5, then its stage, models, models/s, ETA) goes to stderr unless --quiet.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from zoo.progress import interruptible
 from zoo.studies.runner import read_metadata, run_study, study_files
 
 STUDIES = ("ensemble", "merge", "prune", "finetune", "shift")
@@ -284,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[],
                     help="a study option, STUDY:study.key=value (repeatable), e.g. merge:study.ste_steps=50")
     ap.add_argument("--out", type=Path, default=Path("docs/results/phase_downstream.md"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     overrides: dict[str, list[str]] = {s: [] for s in STUDIES}
     for item in args.set:
@@ -291,7 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
         if not colon or name not in overrides:
             ap.error(f"--set {item!r}: expected STUDY:study.key=value with STUDY one of {', '.join(STUDIES)}")
         overrides[name].append(rest)
-    entries = {name: run_study(args.zoo, name, overrides[name], progress=False) for name in STUDIES}
+    entries = {}
+    for i, name in enumerate(STUDIES):  # each study shows its own bar (models); resumed ones return at once
+        if not args.quiet:
+            print(f"phase_downstream: study {i + 1}/{len(STUDIES)}: {name}", file=sys.stderr, flush=True)
+        entries[name] = run_study(args.zoo, name, overrides[name], progress=not args.quiet)
     tables = {name: pd.read_parquet(args.zoo / study_files(name)[0]) for name in STUDIES}
     models = pd.read_parquet(args.zoo / "models.parquet")
     cells = cell_outcomes(tables, models)
@@ -321,4 +329,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "phase_downstream")

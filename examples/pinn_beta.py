@@ -3,12 +3,13 @@ models at every transport speed beta of its load axis, test error (relative L2 a
 u = sin(x - beta t)) vs beta.
 
     python examples/pinn_beta.py [--preset pinn-convection] [--set KEY=VALUE ...] [--fail-at 0.1]
-        [--out-md docs/results/pinn_beta.md] [--plot docs/results/pinn_beta.png]
+        [--out-md docs/results/pinn_beta.md] [--plot docs/results/pinn_beta.png] [--quiet]
 
 The models are planned, grouped and trained exactly as `zoo build` would (same model ids, seeds,
 populations, `zoo.pipeline.run_population`, no metrics beyond training), each population with the
 task data of its own beta, as the build loads it. A beta "fails" where the median
-relative L2 error over its models is at least --fail-at. Prints a table and one JSON line."""
+relative L2 error over its models is at least --fail-at. Prints a table and one JSON line; progress (beta and
+width of the population in training, models, models/s, ETA) and per-beta results go to stderr unless --quiet."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch
 from zoo.generators.sampling import group_populations, plan_models
 from zoo.generators.tasks import load_task_section
 from zoo.pipeline import run_population
+from zoo.progress import ProgressBar, interruptible
 from zoo.shards import read_shard
 from zoo.spec import load_spec
 
@@ -52,13 +54,18 @@ def train_all(spec, quiet: bool) -> list[dict]:
     plans = plan_models(spec)
     pops = group_populations(plans, spec.build.max_population)
     records = []
-    with tempfile.TemporaryDirectory(prefix="pinn_beta-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pinn_beta-") as tmp, \
+            ProgressBar(Path(tmp) / "progress", len(plans), desc="pinn_beta", enabled=not quiet, weights={}) as bar:
         for i, pop in enumerate(pops):
+            name = f"beta {pop.shared['task.beta']:g} width {pop.shared['arch.width']}"
+            bar.desc = f"pinn_beta: {name}"  # the population's stage (train) follows
             data = population_data(spec, pop)
             assert data.extras["beta"] == pop.shared["task.beta"]
             shard = Path(tmp) / f"{pop.population_id}.npz"
             t0 = time.perf_counter()
-            run_population(pop, data, shard, threads=None, metrics=None)
+            run_population(pop, data, shard, threads=None, metrics=None,
+                           progress=None if quiet else Path(tmp) / "progress" / f"{pop.population_id}.json")
+            bar.finish(len(pop.members))
             meta, arrays = read_shard(shard)
             steps = [int(s) for s in meta["checkpoint_steps"]]
             for j, mid in enumerate(meta["model_ids"]):
@@ -69,9 +76,9 @@ def train_all(spec, quiet: bool) -> list[dict]:
                                 "train_loss": float(arrays["metric/train_loss"][-1, j]),
                                 "rel_l2_curve": [float(v) for v in rel], "steps": steps})
             if not quiet:
-                print(f"[{i + 1}/{len(pops)}] beta {pop.shared['task.beta']:g} width {pop.shared['arch.width']}: "
-                      f"rel L2 {[round(r['rel_l2'], 3) for r in records[-len(pop.members):]]} "
-                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+                bar.bar.write(f"[{i + 1}/{len(pops)}] {name}: rel L2 "
+                              f"{[round(r['rel_l2'], 3) for r in records[-len(pop.members):]]} "
+                              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return records
 
 
@@ -254,4 +261,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    interruptible(main, "pinn_beta")
