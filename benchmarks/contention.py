@@ -3,7 +3,8 @@ for the build's worker/thread settings. Goal (issue 18): contended <= 2.5x quiet
 
 Each setting runs ``zoo build`` in a subprocess (OMP_NUM_THREADS and --jobs as given), rounds of
 quiet, contended, quiet, contended ... (interleaved); the competitor is a Python busy loop started
-before and killed after each contended build. Prints one JSON line per setting, last.
+before and killed after each contended build. Prints one JSON line per setting, last: ``ours_s`` is
+the quiet build, ``baseline_s`` the contended one, so ``ratio`` (baseline_s / ours_s) is the slowdown.
 """
 
 from __future__ import annotations
