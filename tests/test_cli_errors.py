@@ -104,7 +104,7 @@ def test_every_preset_validates():
     for name in preset_names():
         spec = load_spec(name)
         assert spec.n_models > 0
-    assert load_spec("default").n_models >= 100
+    assert load_spec("default").n_models == 60
     with pytest.raises(SpecError):
         load_spec("smoke", ["task.label_noise=2"])
 

@@ -5,14 +5,14 @@ from zoo.spec import load_spec
 def test_grid_ids_are_stable_and_unique():
     spec = load_spec("default")
     plans = plan_models(spec)
-    assert len(plans) == 108 == len({p.model_id for p in plans})
-    assert len({p.cell_id for p in plans}) == 36
+    assert len(plans) == 60 == len({p.model_id for p in plans})
+    assert len({p.cell_id for p in plans}) == 20
     again = plan_models(load_spec("default"))
     assert [p.model_id for p in plans] == [p.model_id for p in again]
     # extending an axis keeps the existing models' ids (and so their random streams)
-    wider = load_spec("default", ["phase.axes=[{key='arch.width', values=[4, 8, 16, 32, 64, 128, 256], "
-                                  "name='capacity'}, {key='train.lr', values=[0.001, 0.003, 0.01, 0.03, "
-                                  "0.1, 0.3], name='temperature'}]"])
+    wider = load_spec("default", ["phase.axes=[{key='arch.width', values=[8, 16, 32, 64, 128, 256, 512], "
+                                  "name='capacity'}, {key='train.lr', values=[0.003, 0.01, 0.03, 0.06, 0.1, "
+                                  "0.2], name='temperature'}]"])
     assert {p.model_id for p in plans} < {p.model_id for p in plan_models(wider)}
 
 
@@ -30,4 +30,4 @@ def test_populations_share_shapes_and_keep_cells_whole():
                 for m in pop.members:
                     cell_pops.setdefault(m.cell_id, set()).add(pop.population_id)
             assert all(len(v) == 1 for v in cell_pops.values())
-    assert len(group_populations(plans, 64)) == 6  # one per width
+    assert len(group_populations(plans, 64)) == 5  # one per width
