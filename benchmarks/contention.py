@@ -21,8 +21,9 @@ from pathlib import Path
 import _harness as h
 from default_build import QUICK
 
-SETTINGS = {  # name -> (--jobs, OMP_NUM_THREADS): the build's default, and one thread per worker
-    "default": (None, None),
+SETTINGS = {  # name -> (--jobs, OMP_NUM_THREADS)
+    "default": (None, None),  # one single-threaded worker per core (the default since 2026-11-30)
+    "jobs1": (1, None),  # one worker with every core's threads (the default before)
     "jobs1-threads1": (1, 1),
     "jobs2-threads1": (2, 1),
 }

@@ -1,9 +1,10 @@
-"""The default build (`zoo build --phase grid`, 108 MNIST-1D MLPs), total wall time and per stage.
+"""The default build (`zoo build --phase grid`, 60 MNIST-1D MLPs), total wall time and per stage.
 
 Stages are timed by wrapping the public functions the build calls (training, each metric family,
 publishing) for the duration of this process, so the build code itself is untouched; ``jobs=1``
 keeps every population in this process, where the wrappers see it. A stage called inside another
 timed stage counts only in the outer one; ``other`` is the rest (planning, shards, waiting).
+The CLI's default (one single-threaded worker per core) is timed by ``contention.py`` (its quiet side).
 Each round builds into a fresh folder. Prints one JSON line last.
 """
 
@@ -88,7 +89,7 @@ def main() -> None:
         case=f"preset {args.preset}{' (quick overrides)' if args.quick else ''}, {spec.n_models} models, jobs=1",
         stages={s: {"min": side.min, "median": side.median} for s, side in stages.items()},
         models=spec.n_models, overrides=QUICK if args.quick else [],
-        note="build() sets torch threads to os.cpu_count() per worker, whatever --threads says")])
+        note="jobs=1: one worker with every usable core's torch threads, whatever --threads says")])
 
 
 if __name__ == "__main__":

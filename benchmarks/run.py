@@ -32,8 +32,9 @@ CPU = {  # script -> extra arguments
     "matching_vs_rebasin": [],
     "connectivity": [],
     "merge_vs_loop": [],
+    "studies": [],
     "default_build": [],
-    "contention": ["--settings", "default,jobs2-threads1", "--set", "train.steps=1000"],  # 12 builds: shortened
+    "contention": ["--settings", "default,jobs1", "--set", "train.steps=1000"],  # 12 builds: shortened
     "scaling": [],
     "kernels": [],
     "nuclear_norm": [],

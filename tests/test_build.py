@@ -142,10 +142,11 @@ MEASURED = ("hessian.", "spectral.", "connectivity.", "similarity.", "phase")
 
 
 def test_parallel_build_equals_serial(smoke_zoo, tmp_path):
-    """Weights and training metrics are bitwise equal; the measure step runs with another thread
-    count per worker (float32 BLAS sums in another order), so its metrics agree to rounding."""
-    out = tmp_path / "par"
-    r = run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "2")
+    """The default build runs one worker per core (here 2 populations at once); a serial build
+    (--jobs 1, all cores' threads in one worker) has bitwise equal weights and training metrics, and
+    its measure step, with another thread count (float32 BLAS sums in another order), agrees to rounding."""
+    out = tmp_path / "serial"
+    r = run_zoo("build", "--preset", "smoke", "--out", str(out), "--quiet", "--jobs", "1")
     assert r.returncode == 0, r.stderr
     par, ser = _published(out), _published(smoke_zoo)
     measured = [c for c in ser["models"] if c.startswith(MEASURED)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -44,10 +45,20 @@ def test_weight_statistics_features(smoke_zoo):
 
 
 def test_phase_diagram(smoke_zoo, tmp_path):
-    out = _example("phase_diagram").main(["--zoo", str(smoke_zoo), "--out", str(tmp_path / "p.png")])
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
+    md = tmp_path / "p.md"
+    result = _example("phase_diagram").main(["--zoo", str(smoke_zoo), "--out", str(tmp_path / "p.png"),
+                                             "--out-md", str(md)])
+    assert result["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["plot"].stat().st_size > 1000
     models = pd.read_parquet(smoke_zoo / "models.parquet")
-    assert models.groupby(["config.arch.width", "config.train.lr"]).ngroups == 4
+    ok = models[models["status"] == "ok"]
+    assert len(result["cells"]) == ok["cell_id"].nunique() == 4
+    # the coverage is recomputed from models.parquet and equals the build's own record
+    recorded = json.loads((smoke_zoo / "zoo.json").read_text())["phase_coverage"]["phases"]
+    assert {p: recorded[p] for p in result["coverage"]} == result["coverage"]
+    assert sum(c["models"] for c in result["coverage"].values()) == len(ok[ok["cell_phase"].isin(list(recorded))])
+    best = ok.groupby("cell_id")["test_acc"].mean().idxmax()
+    assert result["best_phase"] == ok.loc[ok["cell_id"] == best, "cell_phase"].iloc[0]
+    assert "## Coverage" in md.read_text() and "## Cell phase" in md.read_text()
 
 
 def test_lmc_width_matching_lowers_barriers(capsys):

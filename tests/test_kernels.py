@@ -23,11 +23,38 @@ from zoo.kernels import grouped, hsic, interp, tailfit
 needs_triton = pytest.mark.skipif(not zk.HAS_TRITON, reason="triton is not importable")
 
 
+KERNELS = ("interp_linear", "population_linear", "population_cross_entropy", "powerlaw_scan", "gram_hsic")
+DEVICE = os.environ.get("ZOO_KERNEL_TEST_DEVICE", "cpu")  # benchmarks/gpu.sh sets cuda
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)  # differentiable: gradients flow back to the CPU leaves
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _on_device(kernel, device):
+    def call(*args, **kwargs):
+        return _to(kernel(*_to(args, device), **_to(kwargs, device)), "cpu")
+    return call
+
+
 @pytest.fixture
 def triton_cpu(monkeypatch):
-    """Force the Triton backend on CPU tensors through the interpreter."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    """Force the Triton backend: on CPU tensors through the interpreter (the default), or compiled on
+    the GPU with ZOO_KERNEL_TEST_DEVICE=cuda, where every kernel's inputs move to the GPU and its
+    outputs come back, so each test still compares against its CPU reference."""
     monkeypatch.setenv("ZOO_KERNELS", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        return
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for name in KERNELS:
+        monkeypatch.setattr(zk, name, _on_device(getattr(zk, name), DEVICE))
 
 
 def _close(a, b, rtol, atol):

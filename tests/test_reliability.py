@@ -97,12 +97,12 @@ def test_disk_full_during_a_shard_write_leaves_no_partial_shard(tmp_path, monkey
 
     monkeypatch.setattr(build_mod, "write_shard", full_disk)
     with pytest.raises(BuildError, match="No space left"):
-        build(spec, out, progress=False)
+        build(spec, out, jobs=1, progress=False)  # in this process, where the patch is
     shards = sorted((out / ".zoo" / "shards").iterdir())
     assert len(shards) == 2 and all(p.suffix == ".npz" for p in shards)  # no temp file, no partial shard
     before = {p: sha256_file(p) for p in shards}
     monkeypatch.setattr(build_mod, "write_shard", original)
-    build(spec, out, progress=False)
+    build(spec, out, jobs=1, progress=False)
     assert all(sha256_file(p) == h for p, h in before.items())  # earlier shards untouched and reused
 
 

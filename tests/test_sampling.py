@@ -31,3 +31,16 @@ def test_populations_share_shapes_and_keep_cells_whole():
                     cell_pops.setdefault(m.cell_id, set()).add(pop.population_id)
             assert all(len(v) == 1 for v in cell_pops.values())
     assert len(group_populations(plans, 64)) == 5  # one per width
+
+
+def test_cnn_phases_preset_is_the_measured_grid():
+    """docs/results/phases_beyond_mlp.md measured this grid as cnn-smoke grown with --set; the preset
+    must plan exactly those models, or the doc's five phases describe something else."""
+    measured = load_spec("cnn-smoke", [
+        "task.n_train=4000", "task.n_test=1000", "train.steps=1000", "train.batch_size=64", "train.checkpoints=2",
+        "phase.axes=[{name='capacity',key='arch.width',values=[4,16,64]},"
+        "{name='temperature',key='train.lr',values=[0.003,0.03,0.3]}]"])
+    preset = load_spec("cnn-phases")
+    assert [(p.model_id, p.config) for p in plan_models(preset)] == \
+        [(p.model_id, p.config) for p in plan_models(measured)]
+    assert len(plan_models(preset)) == 18

@@ -188,7 +188,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: ./zoo-out)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.steps=200 (repeatable)")
-    b.add_argument("--jobs", type=int, default=1, help="parallel populations (joblib workers)")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="parallel populations (joblib workers); default: one per usable core, at most one per "
+                        "population, each with cores / jobs torch threads")
     b.add_argument("--backend", choices=["loky", "dask", "ray"], default="loky",
                    help="joblib backend: local processes, a Dask cluster or a Ray cluster")
     b.add_argument("--scheduler", help="Dask scheduler address (default: a local cluster)")
@@ -240,7 +242,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    if getattr(args, "jobs", 1) < 1:
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
         print("zoo: error: --jobs must be >= 1", file=sys.stderr)
         return 2
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .cost import model_costs
 from .errors import BuildError, DatasetError, os_error_line
 from .generators.adaptive import adaptive_plans
 from .generators.architectures import build_for_task
@@ -231,6 +232,15 @@ def scan_shards(out: Path, repair: bool) -> dict[str, Path]:
     return done
 
 
+def largest_first(pops: list[PopulationPlan]) -> list[PopulationPlan]:
+    """Populations by training FLOPs, largest first: with several workers, the last to finish is then
+    not one running the biggest population alone (the default grid's widest width is half its work)."""
+    def flops(pop: PopulationPlan) -> float:
+        cfg = pop.members[0].config
+        return len(pop.members) * cfg["train.steps"] * cfg["train.batch_size"] * model_costs(cfg)["flops"]
+    return sorted(pops, key=flops, reverse=True)
+
+
 def pending_populations(pops: list[PopulationPlan], done: dict[str, Path]) -> list[PopulationPlan]:
     """Each population restricted to its unfinished models; fully finished ones dropped."""
     todo = []
@@ -275,7 +285,7 @@ def usable_cores() -> int:
 
 
 def default_max_memory(device: str) -> int:
-    """Half of the memory available now (RAM, or free GPU memory on CUDA)."""
+    """Half of the memory available now (RAM, or free GPU memory on CUDA), shared by the workers."""
     if device == "cuda":
         import torch
 
@@ -289,15 +299,18 @@ def default_max_memory(device: str) -> int:
     return 8 << 30
 
 
-def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair: bool = False,
+def build(spec: ZooSpec, out: Path, jobs: int | None = None, progress: bool = True, repair: bool = False,
           data_root: Path | None = None, backend: str = "loky", device: str = "cpu",
           max_memory: int | None = None, precision: str = "fp32", max_retries: int = 2,
           claim_ttl: float = 120.0) -> Path:
     """Train every model of ``spec`` not yet in ``out`` and publish the dataset.
 
     Populations run as joblib tasks on ``backend`` (loky processes, or an existing Dask/Ray
-    cluster set up by the caller). A population lost to a dead worker is retried; populations
-    claimed by another live build on the same folder are left to it and waited for.
+    cluster set up by the caller): ``jobs`` at once, by default one per usable core (one on CUDA). One
+    single-threaded worker per core holds up on a shared machine where one multi-threaded worker
+    does not (OpenMP threads wait on a descheduled sibling: ``benchmarks/contention.py``). A
+    population lost to a dead worker is retried; populations claimed by another live build on the
+    same folder are left to it and waited for.
     """
     from joblib import Parallel, delayed, parallel_config
 
@@ -307,7 +320,8 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
     out = Path(out)
     data = load_spec_task(spec, data_root)  # before touching the output folder
     task_of = TaskCache(spec, data_root)
-    budget = max_memory if max_memory is not None else default_max_memory(device)
+    jobs = jobs or (1 if device == "cuda" else usable_cores())
+    budget = max_memory if max_memory is not None else default_max_memory(device) // jobs
     population_cap(spec, plan_models(spec, "grid"), budget)  # a model that cannot fit fails here, first
     prepare_output(out, spec)
     claims = Claims(out / STATE_DIR / "claims", ttl=claim_ttl)
@@ -322,20 +336,22 @@ def build(spec: ZooSpec, out: Path, jobs: int = 1, progress: bool = True, repair
             return run_pending(pops, done, bar)
 
     def run_pending(pops, done, bar) -> dict[str, Path]:
+        # from the whole plan, not what is pending: a resumed build runs with the thread count (and so
+        # the float rounding of the measure step) of an uninterrupted one
+        workers = max(1, min(jobs, len(pops)))
+        threads = max(1, usable_cores() // workers) if backend == "loky" else None
         failures: dict[str, int] = {}
         while todo := pending_populations(pops, done):
-            mine = [p for p in todo if claims.acquire(p.population_id)]
+            mine = largest_first([p for p in todo if claims.acquire(p.population_id)])
             if not mine:  # everything left is being trained by another live build: wait for it
                 time.sleep(min(5.0, claim_ttl / 10))
                 done = scan_shards(out, repair)
                 continue
-            workers = max(1, min(jobs, len(mine)))
-            threads = max(1, usable_cores() // workers) if backend == "loky" else None
             tasks = (delayed(run_population)(p, task_of(p), shard_path(out, p), threads, device, precision,
                                              metrics=spec.metrics, progress=bar.folder / f"{p.population_id}.json")
                      for p in mine)
             try:
-                with parallel_config(backend=backend, n_jobs=workers):
+                with parallel_config(backend=backend, n_jobs=min(workers, len(mine))):
                     for info in Parallel(return_as="generator_unordered")(tasks):
                         claims.release(info["population_id"])
                         bar.finish(info["models"])
