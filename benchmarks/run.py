@@ -34,7 +34,7 @@ CPU = {  # script -> extra arguments
     "merge_vs_loop": [],
     "studies": [],
     "default_build": [],
-    "contention": ["--settings", "default,jobs1", "--set", "train.steps=1000"],  # 12 builds: shortened
+    "contention": ["--settings", "default,jobs1", "--set", "train.steps=500"],  # 12 builds: shortened
     "scaling": [],
     "kernels": [],
     "nuclear_norm": [],
