@@ -62,7 +62,8 @@ def main() -> None:
                                      for competing in (False, True)], rounds=args.rounds, warmup=0)
         records.append(h.result(
             "contention", "the same build with one competing CPU-bound process", quiet, busy, agree=None,
-            case=f"preset {args.preset} {' '.join(overrides)}, setting {name} (--jobs {jobs or 'default: one per core'}, "
+            case=f"preset {args.preset} {' '.join(overrides)}, setting {name} "
+                 f"(--jobs {jobs or 'default: one per core'}, "
                  f"OMP_NUM_THREADS {threads or 'unset'})",
             setting=name, slowdown_min=busy.min / quiet.min, slowdown_median=busy.median / quiet.median,
             goal="contended <= 2.5x quiet"))

@@ -55,6 +55,11 @@ def model_costs(config: dict) -> dict:
 _COSTS: dict[tuple, dict] = {}
 
 
+def train_flops(config: dict) -> float:
+    """FLOPs of training one model of ``config``: per-sample cost x batch size x steps."""
+    return model_costs(config)["flops"] * config["train.batch_size"] * config["train.steps"]
+
+
 def _count(config: dict) -> dict:
     shape, n_out, vocab = task_shape(config)
     build, adapt = build_for_task(config, shape, n_out, vocab)
@@ -247,7 +252,7 @@ def estimate(spec) -> dict:
         states = 3 if cfg["train.optimizer"] == "sgd" else 4  # weights, grads, momentum (+ Adam's)
         c = model_costs(cfg)
         sizes.append(c["params"])
-        flops = c["flops"] * cfg["train.batch_size"] * cfg["train.steps"]
+        flops = train_flops(cfg)
         kept = len(checkpoint_steps(cfg["train.steps"], spec.train.checkpoints))
         evaluated = kept * (cfg["task.n_train"] + cfg["task.n_test"])
         stored += kept * c["params"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .cost import model_costs
+from .cost import train_flops
 from .errors import BuildError, DatasetError, os_error_line
 from .generators.adaptive import adaptive_plans
 from .generators.architectures import build_for_task
@@ -235,10 +235,7 @@ def scan_shards(out: Path, repair: bool) -> dict[str, Path]:
 def largest_first(pops: list[PopulationPlan]) -> list[PopulationPlan]:
     """Populations by training FLOPs, largest first: with several workers, the last to finish is then
     not one running the biggest population alone (the default grid's widest width is half its work)."""
-    def flops(pop: PopulationPlan) -> float:
-        cfg = pop.members[0].config
-        return len(pop.members) * cfg["train.steps"] * cfg["train.batch_size"] * model_costs(cfg)["flops"]
-    return sorted(pops, key=flops, reverse=True)
+    return sorted(pops, key=lambda pop: len(pop.members) * train_flops(pop.members[0].config), reverse=True)
 
 
 def pending_populations(pops: list[PopulationPlan], done: dict[str, Path]) -> list[PopulationPlan]:
