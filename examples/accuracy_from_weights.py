@@ -49,8 +49,9 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from zoo.datasets import TokenView, affine_layers, compute_norm_stats, load, pad_tokens, split_by_cells
+from zoo.datasets import TokenView, affine_layers, cell_folds, compute_norm_stats, load, pad_tokens, split_by_cells
 from zoo.progress import ProgressBar, interruptible, stage, track
+from zoo.spec import load_toml, preset_names
 
 QUANTILES = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0], dtype=torch.float64)
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu,
@@ -170,18 +171,51 @@ def deepsets(pa, view, fit_ids: list[str], test_ids: list[str], target: str, ste
     return (pred * net.y_std + net.y_mean).numpy()
 
 
-def phase_accuracy(x: np.ndarray, labels: list[str], fit: list[int], test: list[int]) -> float:
+def phase_classifier(x: np.ndarray, labels: list[str], fit: list[int], test: list[int]) -> list[str]:
+    """Logistic regression on the fit models' phases (a constant guess when they share one phase)."""
     y_fit = [labels[i] for i in fit]
     if len(set(y_fit)) < 2:
-        guess = [y_fit[0]] * len(test)
-    else:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x[fit], y_fit)
-        guess = clf.predict(x[test])
-    return float(np.mean([g == labels[i] for g, i in zip(guess, test)]))
+        return [y_fit[0]] * len(test)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x[fit], y_fit)
+    return list(clf.predict(x[test]))
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(r2_score(y, pred)) if len(y) > 1 and np.ptp(y) > 0 else float("nan")
+
+
+def _prefixed(bar, prefix: str):
+    """A progress report function that names the draw or fold before the predictor being fit."""
+    return lambda what, *done, **kw: bar.report(f"{prefix}: {what}", *done, **kw)
+
+
+def predict_held_out(data: dict, fit: list[int], test: list[int], seed: int, args, pa, view, report) -> dict:
+    """Every predictor fit on the models ``fit`` and applied to ``test`` (indices into ``data``)."""
+    xs, xi, y, cell, config = (data[k] for k in ("stats", "invariant", "y", "cell", "config"))
+    report("ridge, kernel ridge, trees")
+    preds = {"ridge_stats": ridge(xs[fit], y[fit])(xs[test]),
+             "ridge_invariant": ridge(xi[fit], y[fit])(xi[test]),
+             "krr_invariant": kernel_ridge(xi[fit], y[fit], cell[fit])(xi[test]),
+             "trees_invariant": extra_trees(xi[fit], y[fit], seed)(xi[test]),
+             "config_krr": kernel_ridge(config[fit], y[fit], cell[fit])(config[test])}
+    if args.deepsets_steps > 0:
+        ids = data["ids"]
+        preds["deepsets"] = deepsets(pa, view, [ids[i] for i in fit], [ids[i] for i in test], args.target,
+                                     args.deepsets_steps, seed,
+                                     partial(report, "DeepSets", total=args.deepsets_steps))
+    means = {c: y[cell == c].mean() for c in set(cell[test])}
+    preds["cell_mean_oracle"] = np.array([means[c] for c in cell[test]])
+    return preds
+
+
+def phase_guesses(data: dict, fit: list[int], test: list[int]) -> dict:
+    """Phase labels guessed for ``test``: the fit cells' majority, and logistic regression on each feature set."""
+    labels = data["labels"]
+    fit_labels = [labels[i] for i in fit]
+    majority = max(sorted(set(fit_labels)), key=fit_labels.count)
+    return {"majority": [majority] * len(test),
+            "logistic_stats": phase_classifier(data["stats"], labels, fit, test),
+            "logistic_invariant": phase_classifier(data["invariant"], labels, fit, test)}
 
 
 def evaluate(zoo, args, pa) -> dict:
@@ -195,31 +229,27 @@ def evaluate(zoo, args, pa) -> dict:
     y = models[args.target].to_numpy(dtype=float)
     cell = models["cell_id"].to_numpy()
     labels = models["phase"].astype(str).tolist() if "phase" in models else None
-    config = np.log(models[[args.capacity, args.temperature]].to_numpy(dtype=float))
+    data = {"ids": ids, "stats": x_stats, "invariant": x_inv, "y": y, "cell": cell, "labels": labels,
+            "config": np.log(models[[args.capacity, args.temperature]].to_numpy(dtype=float))}
     n_cells = len(set(cell))
     n_test = args.n_test or max(1, round(0.2 * n_cells))
+
+    def sides(view) -> tuple[list[int], list[int]]:
+        """(fit, test) row indices of a split view."""
+        split_of = dict(zip(view.models["model_id"], view.models["split"]))
+        held = [split_of[m] == "test" for m in ids]
+        return [i for i, h in enumerate(held) if not h], [i for i, h in enumerate(held) if h]
+
     splits = []
     for seed in range(args.splits):
         view = split_by_cells(zoo, n_test=n_test, seed=seed)
-        split_of = dict(zip(view.models["model_id"], view.models["split"]))
-        test = [i for i, m in enumerate(ids) if split_of[m] == "test"]
-        fit = [i for i, m in enumerate(ids) if split_of[m] != "test"]
+        fit, test = sides(view)
         test_cells, fit_cells = set(cell[test]), set(cell[fit])
         yt = y[test]
         with track(1) as draw:  # progress: one held-out draw; the stage names the predictor being fit
-            draw.report(f"draw {seed}: ridge, kernel ridge, trees")
-            preds = {"ridge_stats": ridge(x_stats[fit], y[fit])(x_stats[test]),
-                     "ridge_invariant": ridge(x_inv[fit], y[fit])(x_inv[test]),
-                     "krr_invariant": kernel_ridge(x_inv[fit], y[fit], cell[fit])(x_inv[test]),
-                     "trees_invariant": extra_trees(x_inv[fit], y[fit], seed)(x_inv[test]),
-                     "config_krr": kernel_ridge(config[fit], y[fit], cell[fit])(config[test])}
-            if args.deepsets_steps > 0:
-                preds["deepsets"] = deepsets(pa, view, [ids[i] for i in fit], [ids[i] for i in test],
-                                             args.target, args.deepsets_steps, seed,
-                                             partial(draw.report, f"draw {seed}: DeepSets", total=args.deepsets_steps))
-        means = {c: y[[i for i in test if cell[i] == c]].mean() for c in test_cells}
-        preds["cell_mean_oracle"] = np.array([means[cell[i]] for i in test])
-        configs = sorted({tuple(float(v) for v in np.exp(config[i]).round(6)) for i in test})
+            preds = predict_held_out(data, fit, test, seed, args, pa, view,
+                                     _prefixed(draw, f"draw {seed}"))
+        configs = sorted({tuple(float(v) for v in np.exp(data["config"][i]).round(6)) for i in test})
         row = {"seed": seed, "n_fit": len(fit), "n_test": len(test), "test_cells": sorted(test_cells),
                "test_configs": [list(c) for c in configs],
                "cells_overlap": len(test_cells & fit_cells),
@@ -227,12 +257,11 @@ def evaluate(zoo, args, pa) -> dict:
                "mae": {k: float(np.abs(p - yt).mean()) for k, p in preds.items()},
                "y_test": yt.tolist(), "pred": {k: np.asarray(p).tolist() for k, p in preds.items()}}
         if labels is not None:
-            fit_labels = [labels[i] for i in fit]
-            majority = max(sorted(set(fit_labels)), key=fit_labels.count)
-            row["phase"] = {"majority": float(np.mean([labels[i] == majority for i in test])),
-                            "logistic_stats": phase_accuracy(x_stats, labels, fit, test),
-                            "logistic_invariant": phase_accuracy(x_inv, labels, fit, test)}
+            row["phase"] = {k: float(np.mean([g == labels[i] for g, i in zip(guess, test)]))
+                            for k, guess in phase_guesses(data, fit, test).items()}
         splits.append(row)
+    stage("cell folds")
+    folds = cross_validate(zoo, data, args, pa, sides)
     summary = {}
     groups = {"": splits}
     if 0 < args.dev_splits < len(splits):  # draws not looked at while the features were chosen
@@ -247,11 +276,51 @@ def evaluate(zoo, args, pa) -> dict:
                 v = np.array([s["phase"][key] for s in group])
                 summary[f"phase_{key}_mean{suffix}"] = float(v.mean())
                 summary[f"phase_{key}_std{suffix}"] = float(v.std())
+    for key in folds[0]["r2"] if folds else []:
+        v = np.array([f["r2"][key] for f in folds])
+        summary[f"{key}_cv_r2_mean"], summary[f"{key}_cv_r2_std"] = float(v.mean()), float(v.std())
+    for key in folds[0].get("phase", {}) if folds else []:
+        v = np.array([f["phase"][key] for f in folds])
+        summary[f"phase_{key}_cv_mean"], summary[f"phase_{key}_cv_std"] = float(v.mean()), float(v.std())
+    seeds = sorted({int(s) for s in models["seed"]}) if "seed" in models else []
     return {"target": args.target, "capacity": args.capacity, "temperature": args.temperature,
             "dev_splits": args.dev_splits, "n_models": len(ids), "n_cells": n_cells,
-            "n_test_cells": n_test,
+            "n_test_cells": n_test, "n_folds": folds[0]["k"] if folds else 0, "model_seeds": seeds,
             "features": {"stats": x_stats.shape[1], "invariant": x_inv.shape[1]},
-            "splits": splits, "summary": summary}
+            "splits": splits, "folds": folds, "summary": summary}
+
+
+def cross_validate(zoo, data: dict, args, pa, sides) -> list[dict]:
+    """Per repeat r, ``cell_folds(zoo, k, seed=r)``: every model predicted once by a fit that never saw
+    its cell; R^2 (and phase accuracy) of those predictions pooled over the whole zoo."""
+    y, cell, labels = data["y"], data["cell"], data["labels"]
+    k = min(args.folds, len(set(cell)))
+    if args.fold_repeats <= 0 or k < 2:
+        return []
+    repeats = []
+    for rep in range(args.fold_repeats):
+        preds, guesses, fold_of = {}, {}, [-1] * len(y)
+        for i, view in enumerate(cell_folds(zoo, k, seed=rep)):
+            fit, test = sides(view)
+            for j in test:
+                fold_of[j] = i
+            with track(1) as fold:
+                got = predict_held_out(data, fit, test, 1000 * (rep + 1) + i, args, pa, view,
+                                       _prefixed(fold, f"repeat {rep} fold {i}"))
+            for key, p in got.items():
+                preds.setdefault(key, np.full(len(y), np.nan))[test] = p
+            if labels is not None:
+                for key, g in phase_guesses(data, fit, test).items():
+                    guesses.setdefault(key, [None] * len(y))
+                    for j, label in zip(test, g):
+                        guesses[key][j] = label
+        row = {"seed": rep, "k": k, "fold_of": fold_of, "r2": {key: _r2(y, p) for key, p in preds.items()},
+               "pred": {key: p.tolist() for key, p in preds.items()}, "y": y.tolist(),
+               "model_ids": list(data["ids"])}
+        if labels is not None:
+            row["phase"] = {key: float(np.mean([a == b for a, b in zip(g, labels)])) for key, g in guesses.items()}
+        repeats.append(row)
+    return repeats
 
 
 def plot(result: dict, path: Path, keys=("ridge_stats", "deepsets", "trees_invariant")) -> None:
@@ -313,6 +382,24 @@ def report(result: dict, command: str, zoo_desc: str, plot_path: Path | None) ->
                          + f" | {sm[f'phase_{k}_mean']:.3f} +- {sm[f'phase_{k}_std']:.3f} |"
                          + (f" {sm[f'phase_{k}_mean_fresh']:.3f} +- {sm[f'phase_{k}_std_fresh']:.3f} |"
                             if fresh else ""))
+    if result["folds"]:
+        folds = result["folds"]
+        lines += ["", f"## Cross-validated over cells: every cell held out once ({result['n_folds']} folds)", "",
+                  f"`cell_folds(zoo, k={result['n_folds']}, seed=r)` partitions the {result['n_cells']} cells into "
+                  f"{result['n_folds']} folds; each model is predicted by the fit on the other folds, and R^2 is "
+                  f"taken over all {result['n_models']} predictions at once, per partition r:", "",
+                  "| predictor | " + " | ".join(f"r = {f['seed']}" for f in folds) + " | mean +- std |",
+                  "|---|" + "---|" * (len(folds) + 1)]
+        for k in folds[0]["r2"]:
+            lines.append(f"| {k} | " + " | ".join(f"{f['r2'][k]:.3f}" for f in folds)
+                         + f" | {sm[f'{k}_cv_r2_mean']:.3f} +- {sm[f'{k}_cv_r2_std']:.3f} |")
+        if "phase" in folds[0]:
+            lines += ["", "Phase from weights, cross-validated the same way (accuracy over all models):", "",
+                      "| classifier | " + " | ".join(f"r = {f['seed']}" for f in folds) + " | mean +- std |",
+                      "|---|" + "---|" * (len(folds) + 1)]
+            for k in folds[0]["phase"]:
+                lines.append(f"| {k} | " + " | ".join(f"{f['phase'][k]:.3f}" for f in folds)
+                             + f" | {sm[f'phase_{k}_cv_mean']:.3f} +- {sm[f'phase_{k}_cv_std']:.3f} |")
     lines += ["", f"Held-out cells per draw ({result['capacity']}, {result['temperature']}):", ""]
     lines += [f"- draw {s['seed']} ({s['n_test']} models): "
               + ", ".join(f"({c[0]:g}, {c[1]:g})" for c in s["test_configs"]) for s in result["splits"]]
@@ -327,6 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--target", default="test_acc")
     p.add_argument("--splits", type=int, default=5, help="draws of held-out cells (seeds 0..splits-1)")
     p.add_argument("--n-test", type=int, default=None, help="held-out cells per draw (default 20 %%)")
+    p.add_argument("--folds", type=int, default=5, help="cell folds for the cross-validated R^2 (at most one per cell)")
+    p.add_argument("--fold-repeats", type=int, default=3, help="partitions of the cells into folds; 0 skips")
     p.add_argument("--dev-splits", type=int, default=0,
                    help="the first draws were used while choosing features: summarise the rest apart too")
     p.add_argument("--deepsets-steps", type=int, default=500, help="0 skips the DeepSets")
@@ -341,8 +430,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     zoo = load(args.zoo)
     zoo = zoo.subset(zoo.models["status"] == "ok")
-    with ProgressBar(None, args.splits, desc="accuracy_from_weights", enabled=not args.quiet, unit="draw",
-                     weights={}):
+    folds = min(args.folds, zoo.models["cell_id"].nunique()) if args.folds >= 2 else 0
+    with ProgressBar(None, args.splits + args.fold_repeats * folds, desc="accuracy_from_weights",
+                     enabled=not args.quiet, unit="fit", weights={}):
         result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                   **evaluate(zoo, args, _predict_accuracy())}
     result["wall_s"] = time.time() - start
@@ -354,12 +444,17 @@ def main(argv: list[str] | None = None) -> dict:
             argv if argv is not None else sys.argv[1:])
         args.out_md.parent.mkdir(parents=True, exist_ok=True)
         made = {k: zoo.manifest.get(k) for k in ("created", "git_hash")} if isinstance(zoo.manifest, dict) else {}
-        desc = (f"`{args.zoo}` (preset {preset!r}, {len(zoo)} models, {result['n_cells']} cells; built "
-                f"{made.get('created')} at {str(made.get('git_hash'))[:10]} by "
-                f"`zoo build --phase grid --out {args.zoo}`)")
+        seeds = zoo.manifest.get("spec", {}).get("phase", {}).get("seeds") if isinstance(zoo.manifest, dict) else None
+        if preset in preset_names() and seeds == load_toml(preset).get("phase", {}).get("seeds"):
+            seeds = None  # the preset's own seeds: nothing to override
+        desc = (f"`{args.zoo}` (preset {preset!r}, {len(zoo)} models, {result['n_cells']} cells, seeds "
+                f"{result['model_seeds']}; built {made.get('created')} at {str(made.get('git_hash'))[:10]} by "
+                f"`zoo build --phase grid" + (f" --set 'phase.seeds={seeds}'" if seeds else "")
+                + f" --out {args.zoo}`)")
         args.out_md.write_text(report(result, command, desc, args.plot))
-    out = {k: v for k, v in result.items() if k != "splits"}
+    out = {k: v for k, v in result.items() if k not in ("splits", "folds")}
     out["r2"] = {k: [s["r2"][k] for s in result["splits"]] for k in result["splits"][0]["r2"]}
+    out["cv_r2"] = {k: [f["r2"][k] for f in result["folds"]] for k in (result["folds"] or [{"r2": {}}])[0]["r2"]}
     print(json.dumps(out))
     return result
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.cli import main
-from zoo.datasets import DatasetError, load, split_by_cells, verify
+from zoo.datasets import DatasetError, cell_folds, load, split_by_cells, verify
 from zoo.datasets.export import export
 from zoo.datasets.verify import cmd_verify
 from zoo.functional import layout_of, stack_states, to_flat
@@ -151,6 +151,21 @@ def test_split_by_cells_holds_out_whole_cells(smoke_zoo):
     assert load(smoke_zoo).models["split"].equals(zoo.models["split"])  # the zoo itself is untouched
     with pytest.raises(DatasetError):
         split_by_cells(zoo, ["c-missing"])
+
+
+def test_cell_folds_partition_the_cells(smoke_zoo):
+    zoo = load(smoke_zoo)
+    cells = set(zoo.models["cell_id"])
+    folds = cell_folds(zoo, k=2, seed=5)
+    held = [set(f.split("test").models["cell_id"]) for f in folds]
+    assert len(folds) == 2 and all(held) and not (held[0] & held[1]) and held[0] | held[1] == cells
+    for fold, test in zip(folds, held):  # the rest of the zoo is the fit side, with no held-out cell in it
+        assert not set(fold.split("train").models["cell_id"]) & test
+        assert len(fold.split("test")) == zoo.models["cell_id"].isin(test).sum()
+    assert [set(f.split("test").model_ids) for f in cell_folds(zoo, k=2, seed=5)] == \
+        [set(f.split("test").model_ids) for f in folds]
+    with pytest.raises(DatasetError):
+        cell_folds(zoo, k=len(cells) + 1)
 
 
 def test_iter_weights_stays_under_memory_budget(smoke_zoo):

@@ -13,10 +13,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import r2_score
 from test_datasets import SMOKE_SETS, built_zoo
 from test_examples import _example
 
-from zoo.datasets import affine_layers, load, split_by_cells
+from zoo.datasets import affine_layers, cell_folds, load, split_by_cells
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +95,8 @@ def test_invariant_features_ignore_hidden_permutations(smoke_zoo):
 
 def test_accuracy_from_weights_holds_out_whole_cells(smoke_zoo, capsys):
     result = _example("accuracy_from_weights").main(["--zoo", str(smoke_zoo), "--splits", "2", "--dev-splits", "1",
-                                                     "--deepsets-steps", "20", "--probe", "64"])
+                                                     "--deepsets-steps", "20", "--probe", "64",
+                                                     "--fold-repeats", "1"])
     zoo = load(smoke_zoo)
     models = zoo.models.set_index("model_id")
     assert result["n_cells"] == 4 and result["n_test_cells"] == 1 and result["n_models"] == 16
@@ -115,7 +117,23 @@ def test_accuracy_from_weights_holds_out_whole_cells(smoke_zoo, capsys):
         np.testing.assert_allclose(row["pred"]["cell_mean_oracle"], y.mean())
         for acc in row["phase"].values():
             assert 0 <= acc <= 1
+    # cross-validation over cells: each cell held out in exactly one fold, every model predicted once
+    assert result["n_folds"] == 4 and len(result["folds"]) == 1  # 4 cells: one fold per cell
+    rep = result["folds"][0]
+    by_model = models.loc[rep["model_ids"]]
+    for i, view in enumerate(cell_folds(zoo, 4, seed=rep["seed"])):
+        held = set(view.split("test").models["cell_id"])
+        assert {c for c, f in zip(by_model["cell_id"], rep["fold_of"]) if f == i} == held
+    y = np.array(rep["y"])
+    np.testing.assert_allclose(y, by_model["test_acc"])
+    for key, pred in rep["pred"].items():
+        assert np.isfinite(pred).all(), key
+        assert rep["r2"][key] == pytest.approx(r2_score(y, pred)), key
+    np.testing.assert_allclose(rep["pred"]["cell_mean_oracle"],
+                               by_model.groupby("cell_id")["test_acc"].transform("mean"))
+    assert set(rep["phase"]) == {"majority", "logistic_stats", "logistic_invariant"}
     summary = result["summary"]
+    assert summary["trees_invariant_cv_r2_mean"] == pytest.approx(rep["r2"]["trees_invariant"])
     assert summary["trees_invariant_r2_mean_fresh"] == pytest.approx(result["splits"][1]["r2"]["trees_invariant"])
     assert '"r2"' in capsys.readouterr().out.strip().splitlines()[-1]
 
@@ -123,8 +141,10 @@ def test_accuracy_from_weights_holds_out_whole_cells(smoke_zoo, capsys):
 def test_accuracy_from_weights_report(smoke_zoo, tmp_path):
     md, png = tmp_path / "a.md", tmp_path / "a.png"
     _example("accuracy_from_weights").main(["--zoo", str(smoke_zoo), "--splits", "1", "--deepsets-steps", "0",
-                                            "--probe", "32", "--out-md", str(md), "--plot", str(png)])
+                                            "--probe", "32", "--fold-repeats", "1", "--out-md", str(md),
+                                            "--plot", str(png)])
     text = md.read_text()
     assert "2-core CPU dev VM" in text and "split_by_cells(zoo, n_test=1, seed=s)" in text
     assert "| trees_invariant |" in text and "| majority |" in text and "| deepsets |" not in text
+    assert "## Cross-validated over cells: every cell held out once (4 folds)" in text and "| r = 0 |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ from .batching import (
     collate_nfn,
     collate_pyg,
 )
-from .reader import DatasetError, WeightBatch, Zoo, load, split_by_cells
+from .reader import DatasetError, WeightBatch, Zoo, cell_folds, load, split_by_cells
 from .verify import verify
 from .views import (
     VIEWS,
@@ -31,8 +31,8 @@ from .views import (
     to_pyg,
 )
 
-__all__ = ["DatasetError", "WeightBatch", "Zoo", "load", "split_by_cells", "verify", "VIEWS", "DWSView",
-           "FlatView", "GraphView", "NFNView", "NormStats", "TokenView", "WeightView", "affine_layers",
+__all__ = ["DatasetError", "WeightBatch", "Zoo", "load", "split_by_cells", "cell_folds", "verify", "VIEWS",
+           "DWSView", "FlatView", "GraphView", "NFNView", "NormStats", "TokenView", "WeightView", "affine_layers",
            "compute_norm_stats", "layers_to_flat", "load_norm_stats", "pad_tokens", "permutation_index",
            "random_permutation_index", "to_pyg", "COLLATE", "ArchBatchSampler", "arch_ids_of", "collate_dws",
            "collate_flat", "collate_graph", "collate_nfn", "collate_pyg"]
