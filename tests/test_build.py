@@ -185,3 +185,33 @@ def test_calibration_measures_three_terms_and_estimates_use_them(tmp_path, monke
     assert cost.load_calibration()["cpu"]["mlp"] == {"train_flops_per_s": 1e9, "eval_flops_per_s": 1e9,
                                                      "step_s": 0.0}
     assert cost.estimate(spec)["cpu_seconds"] > 0
+
+
+def test_resumed_build_keeps_the_thread_count_of_the_whole_plan(smoke_zoo, tmp_path, monkeypatch, data_root):
+    """Worker threads come from the whole plan, not from what is left: a resumed build whose one pending
+    population runs alone (joblib runs a single task in this process) still gets cores / workers threads,
+    as in the uninterrupted build, so its measure step rounds the same way."""
+    import shutil
+
+    import zoo.pipeline as pipeline
+    from zoo.spec import load_spec
+
+    out = tmp_path / "zoo"
+    shutil.copytree(smoke_zoo, out)
+    shards = sorted((out / ".zoo" / "shards").glob("*.npz"))
+    assert len(shards) == 2  # two populations: the default build ran them on two workers
+    shards[0].unlink()
+    seen, original, before = [], pipeline.run_population, torch.get_num_threads()
+
+    def recording(pop, data, shard, threads, *args, **kw):
+        seen.append(threads)
+        try:
+            return original(pop, data, shard, threads, *args, **kw)
+        finally:
+            torch.set_num_threads(before)
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    monkeypatch.setattr(pipeline, "run_population", recording)
+    pipeline.build(load_spec("smoke"), out, jobs=2, progress=False, data_root=data_root)
+    assert seen == [1]  # 2 cores / 2 workers of the whole plan; what is pending alone would give 2
+    assert _published(out) == _published(smoke_zoo)
