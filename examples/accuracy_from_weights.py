@@ -16,10 +16,15 @@ reports R^2 on the held-out ones for:
    Gaussian probe batch (fraction of active and dead units per hidden layer, logit scale, output
    entropy and margin, sorted class frequencies). Nothing is read from models.parquet but the target.
    Kernel ridge picks its hyperparameters by cross-validation grouped by cell on the fit cells.
+4. ``ridge_probe`` / ``trees_probe``: ridge and the same trees on the function features alone (the
+   probe part of the invariant set).
 
 Context rows: ``cell_mean_oracle`` predicts each held-out model by its own cell's mean (the noise
 ceiling of seed-to-seed spread), ``config_krr`` is kernel ridge on the true (log width, log lr).
-Phase from weights: logistic regression on either feature set against the fit cells' majority phase.
+Phase from weights: logistic regression on each feature set against the fit cells' majority phase.
+
+Two protocols: ``--splits`` draws of ``n_test`` held-out cells (R^2 per draw), and ``cell_folds``
+cross-validation (every cell held out once; R^2 over all models' held-out predictions at once).
 
     python examples/accuracy_from_weights.py --zoo zoo-out [--quiet]
 
@@ -78,17 +83,16 @@ def _log(t: torch.Tensor) -> torch.Tensor:
 def layer_features(layers: list[tuple[torch.Tensor, torch.Tensor]], activation=torch.relu, probe: int = 512,
                    seed: int = 0) -> torch.Tensor:
     """Features [M, F] of M MLPs given as affine layers [(W [M, out, in], b [M, out])], invariant to
-    permutations of the hidden units.
+    permutations of the hidden units: ``weight_features`` then ``probe_features``."""
+    return torch.cat([weight_features(layers), probe_features(layers, activation, probe, seed)], dim=1)
 
-    Per layer: log fan-out and fan-in, quantiles of log singular values, log squared Frobenius norm,
+
+def weight_features(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per layer: log fan-out and fan-in, quantiles of log singular values, log squared Frobenius norm,
     log stable rank, quantiles of log row norms, log column norms, entries and biases, log std of the
     entries. Per-input column norms of the first layer, per-class row norms and biases of the last,
     the entries and log singular values of the end-to-end linear map W_L ... W_1 (input and output
-    axes are not permuted by the symmetry). Then the MLP applied to a fixed N(0, I) probe batch: per
-    hidden layer the fraction of positive pre-activations, the fraction of units never active and the
-    log pre-activation std; at the output the mean softmax entropy, quantiles of
-    log(1 + top-1 - top-2 margin), log logit std and the sorted frequencies of the argmax classes.
-    """
+    axes are not permuted by the symmetry)."""
     m, feats = layers[0][0].shape[0], []
     for w, b in layers:
         sv = torch.linalg.svdvals(w)
@@ -103,8 +107,20 @@ def layer_features(layers: list[tuple[torch.Tensor, torch.Tensor]], activation=t
         end = end @ w
     feats += [_log(w_in.norm(dim=1)), _log(w_out.norm(dim=2)), b_out, end.flatten(1),
               _log(torch.linalg.svdvals(end))]
+    return torch.cat(feats, dim=1)
+
+
+def probe_features(layers: list[tuple[torch.Tensor, torch.Tensor]], activation=torch.relu, probe: int = 512,
+                   seed: int = 0) -> torch.Tensor:
+    """The MLP's function on a fixed N(0, I) probe batch (task-free, so still weights only): per hidden
+    layer the fraction of positive pre-activations, the fraction of units never active and the log
+    pre-activation std; at the output the mean softmax entropy, quantiles of log(1 + top-1 - top-2
+    margin), log logit std and the sorted frequencies of the argmax classes. Why: a collapsed net
+    (dead units, near-constant output) shows here directly, where weight statistics see it only
+    through many correlated entries."""
+    w_in, m = layers[0][0], layers[0][0].shape[0]
     x = torch.randn(probe, w_in.shape[2], generator=torch.Generator().manual_seed(seed), dtype=w_in.dtype)
-    h = x.expand(m, *x.shape)
+    h, feats = x.expand(m, *x.shape), []
     for i, (w, b) in enumerate(layers):
         h = torch.einsum("bni,boi->bno", h, w) + b[:, None, :]
         if i < len(layers) - 1:
@@ -120,20 +136,22 @@ def layer_features(layers: list[tuple[torch.Tensor, torch.Tensor]], activation=t
     return torch.cat(feats, dim=1)
 
 
-def invariant_features(zoo, probe: int = 512, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """(model ids, ``layer_features`` [N, F]) of the models of an MLP zoo, from weights only."""
+def invariant_features(zoo, probe: int = 512, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(model ids, ``weight_features`` [N, F], ``probe_features`` [N, G]) of the models of an MLP zoo,
+    from weights only; the invariant feature set is both side by side."""
     activation = ACTIVATIONS.get(str(zoo.models["config.arch.activation"].iloc[0])
                                  if "config.arch.activation" in zoo.models else "relu")
-    ids, rows = [], []
+    ids, weights, probes = [], [], []
     for batch in zoo.iter_weights(batch_size=256):
         layers = affine_layers(torch.from_numpy(batch.weights).double(), zoo.layout_of(batch.arch_id))
         if activation is None or any(w.dim() != 3 for w, _ in layers):
             raise SystemExit("invariant_features probes MLPs only (Linear layers, a known activation)")
         ids += batch.model_ids
-        rows.append(layer_features(layers, activation, probe, seed).numpy())
-    if len({r.shape[1] for r in rows}) != 1:
+        weights.append(weight_features(layers).numpy())
+        probes.append(probe_features(layers, activation, probe, seed).numpy())
+    if len({r.shape[1] for r in weights}) != 1:
         raise SystemExit("archs with different numbers of layers: select one family/depth")
-    return ids, np.concatenate(rows)
+    return ids, np.concatenate(weights), np.concatenate(probes)
 
 
 def kernel_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray):
@@ -191,12 +209,14 @@ def _prefixed(bar, prefix: str):
 
 def predict_held_out(data: dict, fit: list[int], test: list[int], seed: int, args, pa, view, report) -> dict:
     """Every predictor fit on the models ``fit`` and applied to ``test`` (indices into ``data``)."""
-    xs, xi, y, cell, config = (data[k] for k in ("stats", "invariant", "y", "cell", "config"))
+    xs, xi, xp, y, cell, config = (data[k] for k in ("stats", "invariant", "probe", "y", "cell", "config"))
     report("ridge, kernel ridge, trees")
     preds = {"ridge_stats": ridge(xs[fit], y[fit])(xs[test]),
              "ridge_invariant": ridge(xi[fit], y[fit])(xi[test]),
              "krr_invariant": kernel_ridge(xi[fit], y[fit], cell[fit])(xi[test]),
              "trees_invariant": extra_trees(xi[fit], y[fit], seed)(xi[test]),
+             "ridge_probe": ridge(xp[fit], y[fit])(xp[test]),
+             "trees_probe": extra_trees(xp[fit], y[fit], seed)(xp[test]),
              "config_krr": kernel_ridge(config[fit], y[fit], cell[fit])(config[test])}
     if args.deepsets_steps > 0:
         ids = data["ids"]
@@ -215,13 +235,15 @@ def phase_guesses(data: dict, fit: list[int], test: list[int]) -> dict:
     majority = max(sorted(set(fit_labels)), key=fit_labels.count)
     return {"majority": [majority] * len(test),
             "logistic_stats": phase_classifier(data["stats"], labels, fit, test),
-            "logistic_invariant": phase_classifier(data["invariant"], labels, fit, test)}
+            "logistic_invariant": phase_classifier(data["invariant"], labels, fit, test),
+            "logistic_probe": phase_classifier(data["probe"], labels, fit, test)}
 
 
 def evaluate(zoo, args, pa) -> dict:
     stage("features")
     ids, x_stats = pa.weight_statistics(zoo)
-    ids_inv, x_inv = invariant_features(zoo, args.probe)
+    ids_inv, x_weights, x_probe = invariant_features(zoo, args.probe)
+    x_inv = np.concatenate([x_weights, x_probe], axis=1)
     if ids_inv != ids:
         raise RuntimeError("feature rows out of order")
     stage("held-out draws")
@@ -229,7 +251,7 @@ def evaluate(zoo, args, pa) -> dict:
     y = models[args.target].to_numpy(dtype=float)
     cell = models["cell_id"].to_numpy()
     labels = models["phase"].astype(str).tolist() if "phase" in models else None
-    data = {"ids": ids, "stats": x_stats, "invariant": x_inv, "y": y, "cell": cell, "labels": labels,
+    data = {"ids": ids, "stats": x_stats, "invariant": x_inv, "probe": x_probe, "y": y, "cell": cell, "labels": labels,
             "config": np.log(models[[args.capacity, args.temperature]].to_numpy(dtype=float))}
     n_cells = len(set(cell))
     n_test = args.n_test or max(1, round(0.2 * n_cells))
@@ -286,7 +308,7 @@ def evaluate(zoo, args, pa) -> dict:
     return {"target": args.target, "capacity": args.capacity, "temperature": args.temperature,
             "dev_splits": args.dev_splits, "n_models": len(ids), "n_cells": n_cells,
             "n_test_cells": n_test, "n_folds": folds[0]["k"] if folds else 0, "model_seeds": seeds,
-            "features": {"stats": x_stats.shape[1], "invariant": x_inv.shape[1]},
+            "features": {"stats": x_stats.shape[1], "invariant": x_inv.shape[1], "probe": x_probe.shape[1]},
             "splits": splits, "folds": folds, "summary": summary}
 
 
@@ -323,7 +345,7 @@ def cross_validate(zoo, data: dict, args, pa, sides) -> list[dict]:
     return repeats
 
 
-def plot(result: dict, path: Path, keys=("ridge_stats", "deepsets", "trees_invariant")) -> None:
+def plot(result: dict, path: Path, keys=("ridge_stats", "trees_invariant", "ridge_probe")) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,7 +383,7 @@ def report(result: dict, command: str, zoo_desc: str, plot_path: Path | None) ->
              f"- {len(result['splits'])} draws of `split_by_cells(zoo, n_test={result['n_test_cells']}, seed=s)` "
              f"({result['n_test_cells']} of {result['n_cells']} cells held out whole), fit on the other cells; "
              f"features: {result['features']['stats']} weight statistics, {result['features']['invariant']} "
-             "invariant features"
+             f"invariant features, of which {result['features']['probe']} describe the function on the probe"
              + (f"; draws 0-{result['dev_splits'] - 1} were looked at while the invariant features and "
                 f"learners were chosen, the 'fresh draws' column summarises the others only" if fresh else ""), "",
              "## R^2 of held-out test accuracy", "",

@@ -131,7 +131,7 @@ def test_accuracy_from_weights_holds_out_whole_cells(smoke_zoo, capsys):
         assert rep["r2"][key] == pytest.approx(r2_score(y, pred)), key
     np.testing.assert_allclose(rep["pred"]["cell_mean_oracle"],
                                by_model.groupby("cell_id")["test_acc"].transform("mean"))
-    assert set(rep["phase"]) == {"majority", "logistic_stats", "logistic_invariant"}
+    assert set(rep["phase"]) == {"majority", "logistic_stats", "logistic_invariant", "logistic_probe"}
     summary = result["summary"]
     assert summary["trees_invariant_cv_r2_mean"] == pytest.approx(rep["r2"]["trees_invariant"])
     assert summary["trees_invariant_r2_mean_fresh"] == pytest.approx(result["splits"][1]["r2"]["trees_invariant"])
