@@ -272,3 +272,19 @@ def test_spec_permutation_index_preserves_the_function(family, kwargs, shape):
         y0 = net(x)
         y1 = load_flat(build_model(family, **kwargs).eval(), w[idx], lay)(x)
     torch.testing.assert_close(y1, y0, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_chain_spec_equals_the_traced_spec():
+    """The spec read from the layout alone names the same permuted axes as the fx-traced one."""
+    from torch import nn
+
+    from zoo.datasets.views import chain_permutation_spec
+    from zoo.functional import layout_of
+    from zoo.metrics.matching import permutation_spec
+
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 4, bias=False), nn.Tanh(),
+                        nn.Linear(4, 3))
+    chain, traced = chain_permutation_spec(layout_of(net)), permutation_spec(net)
+    axes = lambda spec: sorted(sorted(v) for v in spec.perm_to_axes.values())  # noqa: E731
+    assert axes(chain) == axes(traced) and len(axes(chain)) == 2
+    assert sorted(chain.sizes.values()) == sorted(traced.sizes.values()) == [4, 5]

@@ -147,14 +147,43 @@ def layers_to_flat(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], layout: 
 
 # ---------------------------------------------------------------- permutations
 
-def hidden_sizes(layout: Layout) -> list[int]:
+def hidden_sizes(layout: Layout, plan: list[AffineLayer] | None = None) -> list[int]:
     """Units of each hidden affine layer (all but the output layer): the permutable axes."""
-    plan = affine_plan(layout)
+    plan = plan or affine_plan(layout)
     for a, nxt in zip(plan, plan[1:]):
         if nxt.n_in != a.n_out:
             raise DatasetError(f"{nxt.weight.name} takes {nxt.n_in} inputs but {a.weight.name} has "
                                f"{a.n_out} outputs (a flatten over space?): cannot permute units")
     return [a.n_out for a in plan[:-1]]
+
+
+def chain_permutation_spec(layout: Layout):
+    """The :class:`~zoo.metrics.matching.PermutationSpec` of a plain layer chain, read from the layout
+    alone (no model to trace): permutation ``P_l`` reorders hidden layer l's weight rows, bias and
+    BatchNorm entries and layer l+1's weight columns."""
+    from ..metrics.matching import PermutationSpec
+
+    plan = affine_plan(layout)
+    sizes = hidden_sizes(layout, plan)
+    perm_to_axes: dict[str, list[tuple[str, int]]] = {}
+    axes = {t.name: [None] * len(t.shape) for t in layout.tensors}
+    for i, (a, nxt) in enumerate(zip(plan, plan[1:])):
+        moved = [(t.name, 0) for t in (a.weight, a.bias, *(a.bn or {}).values()) if t is not None]
+        perm_to_axes[f"P_{i}"] = [*moved, (nxt.weight.name, 1)]
+        for name, axis in perm_to_axes[f"P_{i}"]:
+            axes[name][axis] = f"P_{i}"
+    return PermutationSpec(perm_to_axes, {k: tuple(v) for k, v in axes.items()},
+                           {f"P_{i}": n for i, n in enumerate(sizes)})
+
+
+def spec_index(layout: Layout, spec, perms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Gather index [P] with ``flat[..., index]`` = the net permuted by ``perms`` under ``spec``: the
+    spec's permutation applied to each entry's position instead of its value."""
+    from ..metrics.matching import apply_permutation
+
+    positions = {t.name: torch.arange(t.start, t.end, dtype=torch.float64).view(t.shape) for t in layout.tensors}
+    moved = apply_permutation(spec, perms, positions)
+    return torch.cat([moved[t.name].reshape(-1) for t in layout.tensors]).long()
 
 
 def permutation_index(layout: Layout, perms: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -164,26 +193,20 @@ def permutation_index(layout: Layout, perms: Sequence[torch.Tensor]) -> torch.Te
     columns (dim 1) follow it, so (for elementwise activations, channelwise BN and pooling) the
     permuted net computes the same function: W'_l = P_l W_l, b'_l = P_l b_l, W'_{l+1} = W_{l+1} P_lᵀ.
     """
-    plan = affine_plan(layout)
-    if len(perms) != len(plan) - 1:
-        raise ValueError(f"need {len(plan) - 1} permutations, got {len(perms)}")
-    idx = torch.arange(layout.size)
+    spec = chain_permutation_spec(layout)
+    if len(perms) != len(spec.sizes):
+        raise ValueError(f"need {len(spec.sizes)} permutations, got {len(perms)}")
+    return spec_index(layout, spec, {f"P_{i}": p for i, p in enumerate(perms)})
 
-    def permute(t: TensorSpec, perm: torch.Tensor, dim: int) -> None:
-        view = idx[t.start:t.end].view(t.shape)
-        idx[t.start:t.end] = view.index_select(dim, perm).reshape(-1)
 
-    for a, nxt, perm in zip(plan, plan[1:], perms):
-        for t in (a.weight, a.bias, *(a.bn or {}).values()):
-            if t is not None:
-                permute(t, perm, 0)
-        permute(nxt.weight, perm, 1)
-    return idx
+def random_spec_index(layout: Layout, spec, generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`spec_index` for uniformly random draws of every permutation of ``spec``, in its order."""
+    return spec_index(layout, spec, {p: torch.randperm(n, generator=generator) for p, n in spec.sizes.items()})
 
 
 def random_permutation_index(layout: Layout, generator: torch.Generator | None = None) -> torch.Tensor:
     """:func:`permutation_index` for uniformly random permutations of every hidden layer."""
-    return permutation_index(layout, [torch.randperm(n, generator=generator) for n in hidden_sizes(layout)])
+    return random_spec_index(layout, chain_permutation_spec(layout), generator)
 
 
 def spec_permutation_index(model: torch.nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -191,14 +214,9 @@ def spec_permutation_index(model: torch.nn.Module, generator: torch.Generator | 
     (``zoo.metrics.matching``): conv channels feeding a flatten over space, residual streams, BatchNorm
     and attention blocks included, where the layer-chain rule of :func:`permutation_index` does not apply."""
     from ..functional import layout_of
-    from ..metrics.matching import apply_permutation, permutation_spec
+    from ..metrics.matching import permutation_spec
 
-    layout = layout_of(model)
-    spec = permutation_spec(model)
-    positions = {t.name: torch.arange(t.start, t.end, dtype=torch.float64).view(t.shape) for t in layout.tensors}
-    perms = {p: torch.randperm(n, generator=generator) for p, n in spec.sizes.items()}
-    moved = apply_permutation(spec, perms, positions)
-    return torch.cat([moved[t.name].reshape(-1) for t in layout.tensors]).long()
+    return random_spec_index(layout_of(model), permutation_spec(model), generator)
 
 
 # ---------------------------------------------------------------- normalization
@@ -310,6 +328,7 @@ class WeightView(Dataset):
             self.targets = values[:, 0] if isinstance(target, str) else values
         self.generator = torch.Generator().manual_seed(seed)
         self._cache: dict[str, torch.Tensor] = {}
+        self._specs: dict = {}  # arch -> PermutationSpec, derived on first augmentation
         self._row: list[int] = []
         if cache:
             rows = {}
@@ -340,15 +359,15 @@ class WeightView(Dataset):
     def _permutation(self, arch: str) -> torch.Tensor:
         """A random function-preserving permutation: the layer-chain rule for MLP-like layouts, the
         model's traced permutation spec for everything else (conv nets, residual networks)."""
-        try:
-            return random_permutation_index(self.layouts[arch], self.generator)
-        except DatasetError:
-            if not hasattr(self, "_templates"):
-                self._templates = {}
-            if arch not in self._templates:
+        if arch not in self._specs:
+            try:
+                self._specs[arch] = chain_permutation_spec(self.layouts[arch])
+            except DatasetError:
+                from ..metrics.matching import permutation_spec
+
                 mid = next(m for m, b in zip(self.ids, self.arch) if b == arch)
-                self._templates[arch] = self.zoo.model(mid)
-            return spec_permutation_index(self._templates[arch], self.generator)
+                self._specs[arch] = permutation_spec(self.zoo.model(mid))
+        return random_spec_index(self.layouts[arch], self._specs[arch], self.generator)
 
     def __getitem__(self, i: int) -> dict:
         item = self.encode(self.flat(i), self.arch[i])
